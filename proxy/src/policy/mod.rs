@@ -1,0 +1,488 @@
+//! The policy engine: a YAML policy (see [`file`]) compiled once into matchers,
+//! then asked [`Policy::decide_request`] / [`Policy::decide_tunnel`] for every
+//! request. Deciding needs no DNS: it looks only at the normalised host, the
+//! port, and for HTTP requests the method and path (invariant 1).
+
+mod builtin;
+pub mod file;
+pub mod path;
+pub mod pattern;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use globset::{Candidate, GlobSet, GlobSetBuilder};
+use http::Method;
+use thiserror::Error;
+
+pub use self::builtin::BUILTIN_NAMES;
+pub use self::file::{Mode, Preset};
+use self::file::{PolicyFile, RuleSpec};
+use self::path::RequestPath;
+use self::pattern::{label_path, separator_glob};
+use crate::decision::{Decision, Grant, Reason, Verdict};
+use crate::guard::AddressGuard;
+use crate::host::{DomainName, Host};
+
+/// Ports a rule without its own `ports` allows when the policy sets none.
+pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
+
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("{origin}: cannot read policy: {source} (check the path and its permissions)")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error(
+        "{origin}: this policy restricts methods or paths, which HTTPS can only enforce \
+         with TLS interception: give the proxy a CA with --ca-dir DIR"
+    )]
+    NeedsInterception { origin: String },
+    #[error(
+        "no policy file `{0}` and no built-in policy of that name \
+         (built-in: off, unrestricted, common-dependencies)"
+    )]
+    NotFound(String),
+}
+
+/// Where a request is going, normalised.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub host: &'a Host,
+    pub port: u16,
+}
+
+/// A compiled, immutable policy.
+#[derive(Debug)]
+pub struct Policy {
+    origin: Arc<str>,
+    mode: Mode,
+    enforce: bool,
+    allow: RuleSet,
+    deny: RuleSet,
+    methods: Option<Vec<Method>>,
+    default_ports: Vec<u16>,
+    guard: AddressGuard,
+    hosts: BTreeMap<DomainName, IpAddr>,
+}
+
+impl Policy {
+    /// Loads `arg` as a policy file if one exists at that path, else as the
+    /// name of a built-in policy (`off`, `unrestricted`, `common-dependencies`).
+    pub fn load(arg: &str) -> Result<Policy, PolicyError> {
+        let path = Path::new(arg);
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+                origin: arg.to_owned(),
+                source,
+            })?;
+            return Policy::from_yaml(arg, &text);
+        }
+        builtin::source(arg)
+            .ok_or_else(|| PolicyError::NotFound(arg.to_owned()))
+            .and_then(|text| Policy::from_yaml(&format!("builtin:{arg}"), text))
+    }
+
+    /// The policy `tollgate proxy` enforces when given none.
+    pub fn default_policy() -> Result<Policy, PolicyError> {
+        Policy::load("common-dependencies")
+    }
+
+    /// Parses and compiles a policy; `origin` names it in errors and logs.
+    pub fn from_yaml(origin: &str, text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| syntax_error(origin, &e))?;
+        compile(origin, file)
+    }
+
+    /// Refuses a policy that cannot be enforced as written (invariant 5: a
+    /// policy is never silently weakened).
+    pub fn check_enforceable(&self, interception: bool) -> Result<(), PolicyError> {
+        if self.needs_interception() && !interception {
+            return Err(PolicyError::NeedsInterception {
+                origin: self.origin.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether some rule looks inside HTTP requests (methods or paths), which
+    /// for HTTPS means terminating TLS.
+    pub fn needs_interception(&self) -> bool {
+        self.methods.is_some() || self.allow.inspects_requests() || self.deny.inspects_requests()
+    }
+
+    /// Decides a plain HTTP request (or one read inside an intercepted tunnel).
+    pub fn decide_request(&self, target: Target<'_>, method: &Method, path: &str) -> Decision {
+        let request = HttpParts {
+            method,
+            path: RequestPath::classify(path),
+        };
+        self.enforce(self.verdict(target, Some(&request)))
+    }
+
+    /// Decides a tunnel (CONNECT) on its host and port alone. Rules that
+    /// restrict methods or paths are decided later, per request, inside an
+    /// intercepted tunnel.
+    pub fn decide_tunnel(&self, target: Target<'_>) -> Decision {
+        self.enforce(self.verdict(target, None))
+    }
+
+    pub fn guard(&self) -> &AddressGuard {
+        &self.guard
+    }
+
+    /// The static `hosts:` entry for a name, consulted before DNS.
+    pub fn static_address(&self, name: &DomainName) -> Option<IpAddr> {
+        self.hosts.get(name).copied()
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn enforced(&self) -> bool {
+        self.enforce
+    }
+
+    /// One line for `policy check` and the proxy's start-up log.
+    pub fn summary(&self) -> String {
+        let enforcement = if self.enforce {
+            "enforced"
+        } else {
+            "audit mode"
+        };
+        let mut line = format!(
+            "mode {}, {enforcement}, {} allow and {} deny rules",
+            self.mode,
+            self.allow.rules.len(),
+            self.deny.rules.len()
+        );
+        if self.needs_interception() {
+            line.push_str(", needs TLS interception");
+        }
+        line
+    }
+
+    fn enforce(&self, verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            enforced: self.enforce,
+        }
+    }
+
+    fn verdict(&self, target: Target<'_>, http: Option<&HttpParts<'_>>) -> Verdict {
+        if self.mode == Mode::Off {
+            return Verdict::Deny(Reason::ModeOff);
+        }
+        if self.deny.any_denies(target, http) {
+            return Verdict::Deny(Reason::Denylisted);
+        }
+        if let (Some(allowed), Some(request)) = (&self.methods, http) {
+            if !allowed.contains(request.method) {
+                return Verdict::Deny(Reason::MethodNotAllowed);
+            }
+        }
+        match self.mode {
+            Mode::Unrestricted => Verdict::Allow(Grant::Unrestricted),
+            _ => self.allow.first_grant(target, http, &self.default_ports),
+        }
+    }
+}
+
+struct HttpParts<'a> {
+    method: &'a Method,
+    path: RequestPath,
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: Arc<str>,
+    methods: Option<Vec<Method>>,
+    paths: Option<GlobSet>,
+    ports: Option<Vec<u16>>,
+}
+
+/// How far a request got through one rule: the furthest stage any candidate
+/// rule reached names the denial ("right host, wrong port" beats "unknown host").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Miss {
+    Port,
+    Method,
+    Path,
+}
+
+impl Miss {
+    fn reason(self) -> Reason {
+        match self {
+            Miss::Port => Reason::PortNotAllowed,
+            Miss::Method => Reason::MethodNotAllowed,
+            Miss::Path => Reason::PathNotAllowed,
+        }
+    }
+}
+
+impl Rule {
+    /// Checks an allow rule; `Err` says at which stage it stopped matching.
+    fn admits(
+        &self,
+        port: u16,
+        http: Option<&HttpParts<'_>>,
+        default_ports: &[u16],
+    ) -> Result<(), Miss> {
+        let ports = self.ports.as_deref().unwrap_or(default_ports);
+        if !ports.contains(&port) {
+            return Err(Miss::Port);
+        }
+        let Some(request) = http else {
+            return Ok(());
+        };
+        if let Some(methods) = &self.methods {
+            if !methods.contains(request.method) {
+                return Err(Miss::Method);
+            }
+        }
+        if let Some(paths) = &self.paths {
+            let matched = match &request.path {
+                RequestPath::Clear(path) => paths.is_match(path),
+                RequestPath::Ambiguous => false,
+            };
+            if !matched {
+                return Err(Miss::Path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a deny rule. Without request details (a tunnel), a rule that
+    /// names methods or paths cannot apply yet; an ambiguous path is denied.
+    fn forbids(&self, port: u16, http: Option<&HttpParts<'_>>) -> bool {
+        if let Some(ports) = &self.ports {
+            if !ports.contains(&port) {
+                return false;
+            }
+        }
+        let Some(request) = http else {
+            return self.methods.is_none() && self.paths.is_none();
+        };
+        let method_hit = self
+            .methods
+            .as_ref()
+            .is_none_or(|methods| methods.contains(request.method));
+        let path_hit = self.paths.as_ref().is_none_or(|paths| match &request.path {
+            RequestPath::Clear(path) => paths.is_match(path),
+            RequestPath::Ambiguous => true,
+        });
+        method_hit && path_hit
+    }
+
+    fn inspects_requests(&self) -> bool {
+        self.methods.is_some() || self.paths.is_some()
+    }
+}
+
+/// Rules compiled for host look-up: one globset over every name pattern, and
+/// a map for IP literals.
+#[derive(Debug)]
+struct RuleSet {
+    rules: Vec<Rule>,
+    names: GlobSet,
+    glob_rule: Vec<usize>,
+    ips: HashMap<IpAddr, Vec<usize>>,
+}
+
+impl RuleSet {
+    /// Indexes of the rules whose host pattern matches, in policy order.
+    fn matching(&self, host: &Host) -> Vec<usize> {
+        match host {
+            Host::Ip(ip) => self.ips.get(ip).cloned().unwrap_or_default(),
+            Host::Name(name) => {
+                let path = label_path(name);
+                let mut hits: Vec<usize> = self
+                    .names
+                    .matches_candidate(&Candidate::new(&path))
+                    .into_iter()
+                    .filter_map(|glob| self.glob_rule.get(glob).copied())
+                    .collect();
+                hits.sort_unstable();
+                hits.dedup();
+                hits
+            }
+        }
+    }
+
+    fn any_denies(&self, target: Target<'_>, http: Option<&HttpParts<'_>>) -> bool {
+        self.matching(target.host)
+            .into_iter()
+            .filter_map(|i| self.rules.get(i))
+            .any(|rule| rule.forbids(target.port, http))
+    }
+
+    fn first_grant(
+        &self,
+        target: Target<'_>,
+        http: Option<&HttpParts<'_>>,
+        default_ports: &[u16],
+    ) -> Verdict {
+        let mut furthest: Option<Miss> = None;
+        for rule in self
+            .matching(target.host)
+            .into_iter()
+            .filter_map(|i| self.rules.get(i))
+        {
+            match rule.admits(target.port, http, default_ports) {
+                Ok(()) => return Verdict::Allow(Grant::Rule(rule.name.clone())),
+                Err(miss) => furthest = furthest.max(Some(miss)),
+            }
+        }
+        Verdict::Deny(furthest.map_or(Reason::NotAllowlisted, Miss::reason))
+    }
+
+    fn inspects_requests(&self) -> bool {
+        self.rules.iter().any(Rule::inspects_requests)
+    }
+}
+
+/// A rule spec with the name it will carry in decisions and the audit log.
+struct NamedSpec {
+    name: String,
+    spec: RuleSpec,
+}
+
+fn compile(origin: &str, file: PolicyFile) -> Result<Policy, PolicyError> {
+    let invalid = |message: String| PolicyError::Invalid {
+        origin: origin.to_owned(),
+        message,
+    };
+    let mut allow: Vec<NamedSpec> = name_rules("allow", file.allow);
+    for preset in &file.presets {
+        allow.extend(preset_rules(*preset).map_err(|e| invalid(e.to_string()))?);
+    }
+    let deny = name_rules("deny", file.deny);
+    Ok(Policy {
+        origin: Arc::from(origin),
+        mode: file.mode,
+        enforce: file.enforce,
+        allow: build_rule_set(allow).map_err(invalid)?,
+        deny: build_rule_set(deny).map_err(invalid)?,
+        methods: file.methods.map(|m| m.0.into_iter().map(|m| m.0).collect()),
+        default_ports: file.ports.map_or(DEFAULT_PORTS.to_vec(), |ports| {
+            ports.0.into_iter().map(u16::from).collect()
+        }),
+        guard: AddressGuard::new(file.allow_internal),
+        hosts: file.hosts.into_iter().map(|(k, v)| (k.0, v)).collect(),
+    })
+}
+
+fn name_rules(list: &str, specs: Vec<RuleSpec>) -> Vec<NamedSpec> {
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| NamedSpec {
+            name: format!("{list}[{i}]:{}", spec.host),
+            spec,
+        })
+        .collect()
+}
+
+/// The allow rules of a preset, named `<preset>:<pattern>`.
+fn preset_rules(preset: Preset) -> Result<Vec<NamedSpec>, PolicyError> {
+    let name = preset.name();
+    let text = builtin::source(name).ok_or_else(|| PolicyError::NotFound(name.to_owned()))?;
+    let file: PolicyFile =
+        serde_yaml::from_str(text).map_err(|e| syntax_error(&format!("builtin:{name}"), &e))?;
+    Ok(file
+        .allow
+        .into_iter()
+        .map(|spec| NamedSpec {
+            name: format!("{name}:{}", spec.host),
+            spec,
+        })
+        .collect())
+}
+
+fn build_rule_set(specs: Vec<NamedSpec>) -> Result<RuleSet, String> {
+    let mut names = GlobSetBuilder::new();
+    let mut glob_rule = Vec::new();
+    let mut ips: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+    let mut rules = Vec::with_capacity(specs.len());
+    for (index, NamedSpec { name, spec }) in specs.into_iter().enumerate() {
+        if let Some(ip) = spec.host.ip() {
+            ips.entry(ip).or_default().push(index);
+        }
+        for glob in spec.host.globs() {
+            names.add(separator_glob(&glob).map_err(|e| format!("rule {name}: {e}"))?);
+            glob_rule.push(index);
+        }
+        rules.push(compile_rule(name, spec)?);
+    }
+    Ok(RuleSet {
+        rules,
+        names: names.build().map_err(|e| e.to_string())?,
+        glob_rule,
+        ips,
+    })
+}
+
+fn compile_rule(name: String, spec: RuleSpec) -> Result<Rule, String> {
+    let paths = match spec.paths {
+        None => None,
+        Some(patterns) => {
+            let mut set = GlobSetBuilder::new();
+            for pattern in patterns {
+                set.add(pattern.glob().clone());
+            }
+            Some(set.build().map_err(|e| format!("rule {name}: {e}"))?)
+        }
+    };
+    Ok(Rule {
+        name: Arc::from(name),
+        methods: spec
+            .methods
+            .map(|methods| methods.into_iter().map(|m| m.0).collect()),
+        paths,
+        ports: spec
+            .ports
+            .map(|ports| ports.into_iter().map(u16::from).collect()),
+    })
+}
+
+/// Turns a serde_yaml error into `origin:line:column: message`, with a hint
+/// for the most common YAML trap in policies.
+fn syntax_error(origin: &str, error: &serde_yaml::Error) -> PolicyError {
+    let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let text = error.to_string();
+    let suffix = format!(" at line {line} column {column}");
+    let mut message = text
+        .split_once(&suffix)
+        .map_or(text.as_str(), |(head, _)| head)
+        .to_owned();
+    if text.contains("scanning an alias") {
+        message.push_str(" (a pattern that starts with `*` must be quoted: \"*.example.com\")");
+    }
+    PolicyError::Syntax {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;
