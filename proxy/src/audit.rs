@@ -1,0 +1,373 @@
+//! The audit log: one JSON object per line, one line per decision, appended
+//! and flushed (DESIGN.md "Decisions, denials, audit log").
+//!
+//! Records are serialised on the caller and handed to one writer thread, which
+//! writes whatever has queued up as one batch and flushes it, so a slow disk
+//! never stalls the proxy's event loop and lines never interleave. The queue is
+//! bounded and senders wait when it is full: records are never dropped.
+//!
+//! Nothing from headers or bodies is ever recorded, nor the query string of a
+//! URL (where tokens travel): only the path.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::decision::{Decision, Outcome, Reason};
+
+/// Records that may wait for the writer before senders block: a burst of a
+/// few seconds at the proxy's request rate, a few MiB of memory at most.
+const QUEUE_RECORDS: usize = 16 * 1024;
+
+#[derive(Debug, Error)]
+pub enum AuditError {
+    #[error("cannot open audit log {path}: {source} (check the directory exists and is writable)")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the audit writer thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Where the log goes: `-` is standard output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+impl AuditTarget {
+    pub fn parse(arg: &str) -> AuditTarget {
+        if arg == "-" {
+            AuditTarget::Stdout
+        } else {
+            AuditTarget::File(PathBuf::from(arg))
+        }
+    }
+}
+
+/// How the request reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Http,
+    Connect,
+    Mitm,
+}
+
+/// One decision, as written to the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: SystemTime,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Arc<str>>,
+    pub client: Arc<str>,
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(serialize_with = "outcome")]
+    pub decision: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "reason")]
+    pub reason: Option<Reason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+}
+
+impl Record {
+    /// Fills `decision` and `rule`/`reason` from a policy decision.
+    pub fn set_decision(&mut self, decision: &Decision) {
+        self.decision = decision.outcome();
+        self.rule = decision.grant().map(ToString::to_string);
+        self.reason = decision.reason();
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*ts))
+}
+
+fn outcome<S: serde::Serializer>(o: &Outcome, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(o.as_str())
+}
+
+fn reason<S: serde::Serializer>(r: &Option<Reason>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.serialize_str(r.code()),
+        None => s.serialize_none(),
+    }
+}
+
+enum Message {
+    Line(Vec<u8>),
+    Reopen,
+    Sync(SyncSender<()>),
+}
+
+/// A handle to the audit log; clones share one writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    queue: SyncSender<Message>,
+    ids: Arc<IdSource>,
+    _flush_on_drop: Arc<FlushOnLastDrop>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLog")
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600, appending) the log and starts its writer.
+    pub fn open(target: AuditTarget) -> Result<AuditLog, AuditError> {
+        let sink = Sink::open(&target)?;
+        let (queue, inbox) = sync_channel(QUEUE_RECORDS);
+        std::thread::Builder::new()
+            .name("tollgate-audit".into())
+            .spawn(move || write_loop(sink, target, inbox))
+            .map_err(AuditError::Thread)?;
+        Ok(AuditLog {
+            queue: queue.clone(),
+            ids: Arc::new(IdSource::new()),
+            _flush_on_drop: Arc::new(FlushOnLastDrop { queue }),
+        })
+    }
+
+    /// A new record id, unique within this proxy and across restarts.
+    pub fn next_id(&self) -> String {
+        self.ids.next()
+    }
+
+    /// Appends one record.
+    pub fn write(&self, record: &Record) {
+        match serde_json::to_vec(record) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                if self.queue.send(Message::Line(line)).is_err() {
+                    tracing::error!("audit writer is gone; record {} lost", record.id);
+                }
+            }
+            Err(e) => tracing::error!("cannot serialise audit record {}: {e}", record.id),
+        }
+    }
+
+    /// Reopens the file (after log rotation); a no-op for standard output.
+    pub fn reopen(&self) {
+        let _ = self.queue.send(Message::Reopen);
+    }
+
+    /// Waits until every record written so far is on disk (or `timeout`).
+    pub fn sync(&self, timeout: Duration) {
+        let (done, wait) = sync_channel(1);
+        if self.queue.send(Message::Sync(done)).is_ok() {
+            let _ = wait.recv_timeout(timeout);
+        }
+    }
+}
+
+/// Waits for the writer when the last handle goes, so no queued line is lost.
+struct FlushOnLastDrop {
+    queue: SyncSender<Message>,
+}
+
+impl Drop for FlushOnLastDrop {
+    fn drop(&mut self) {
+        let (done, wait) = sync_channel(1);
+        if self.queue.send(Message::Sync(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+enum Sink {
+    Stdout(io::Stdout),
+    File(BufWriter<File>),
+}
+
+impl Sink {
+    fn open(target: &AuditTarget) -> Result<Sink, AuditError> {
+        match target {
+            AuditTarget::Stdout => Ok(Sink::Stdout(io::stdout())),
+            AuditTarget::File(path) => open_append(path).map(|f| Sink::File(BufWriter::new(f))),
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(out) => out,
+            Sink::File(file) => file,
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| AuditError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn write_loop(mut sink: Sink, target: AuditTarget, inbox: Receiver<Message>) {
+    while let Ok(first) = inbox.recv() {
+        let mut waiting = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Message::Line(line) => {
+                    if let Err(e) = sink.writer().write_all(&line) {
+                        tracing::error!("audit log write failed: {e}");
+                    }
+                }
+                Message::Sync(done) => waiting.push(done),
+                Message::Reopen => {
+                    let _ = sink.writer().flush();
+                    match Sink::open(&target) {
+                        Ok(reopened) => sink = reopened,
+                        Err(e) => tracing::error!("{e}; still writing to the old file"),
+                    }
+                }
+            }
+            next = inbox.try_recv().ok();
+        }
+        if let Err(e) = sink.writer().flush() {
+            tracing::error!("audit log flush failed: {e}");
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Record ids: the proxy's start time in milliseconds and a counter, so ids
+/// sort by time and never repeat across restarts.
+struct IdSource {
+    epoch: u64,
+    counter: AtomicU64,
+}
+
+impl IdSource {
+    fn new() -> IdSource {
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        IdSource {
+            epoch,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:x}-{n}", self.epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Grant, Verdict};
+
+    fn record(id: &str) -> Record {
+        Record {
+            ts: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            id: id.into(),
+            phase: Some(Arc::from("agent")),
+            client: Arc::from("127.0.0.1:5000"),
+            kind: Kind::Http,
+            method: Some("GET".into()),
+            scheme: Some("http"),
+            host: Some("example.com".into()),
+            port: Some(80),
+            path: Some("/x".into()),
+            decision: Outcome::Allow,
+            rule: None,
+            reason: None,
+            resolved: None,
+            status: Some(403),
+            bytes_up: 1,
+            bytes_down: 2,
+            duration_ms: 3,
+        }
+    }
+
+    #[test]
+    fn records_are_json_lines_with_the_contract_fields() {
+        let dir = std::env::temp_dir().join(format!("tollgate-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let log = AuditLog::open(AuditTarget::File(path.clone())).unwrap();
+        let mut denied = record("a");
+        denied.set_decision(&Decision {
+            verdict: Verdict::Deny(Reason::NotAllowlisted),
+            enforced: true,
+        });
+        log.write(&denied);
+        let mut allowed = record("b");
+        allowed.set_decision(&Decision {
+            verdict: Verdict::Allow(Grant::Rule(Arc::from("allow[0]:example.com"))),
+            enforced: true,
+        });
+        log.write(&allowed);
+        log.sync(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["ts"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(lines[0]["decision"], "deny");
+        assert_eq!(lines[0]["reason"], "not-allowlisted");
+        assert!(lines[0].get("rule").is_none());
+        assert_eq!(lines[1]["decision"], "allow");
+        assert_eq!(lines[1]["rule"], "allow[0]:example.com");
+        assert_eq!(lines[1]["phase"], "agent");
+        assert_eq!(lines[1]["kind"], "http");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids = IdSource::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+    }
+}
