@@ -1,0 +1,149 @@
+//! The pooled HTTP/1.1 client for forwarded requests. Its connector is the
+//! only way it reaches the network: resolve, guard, dial the checked address
+//! ([`crate::upstream::dial`]), and tag the connection with that address so
+//! every response can say which IP served it.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::exchange::Metered;
+use crate::host::HostPort;
+use crate::policy::Policy;
+use crate::upstream::{self, DialTimeouts, UpstreamError};
+
+/// Idle upstream connections kept per host: enough for a parallel package
+/// install, few enough that an idle proxy holds little.
+const POOL_IDLE_PER_HOST: usize = 32;
+/// How long an idle upstream connection is kept; below the 60 s keep-alive
+/// timeout of common servers (nginx: 75 s) so we close first.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+pub type UpstreamClient = Client<GuardedConnector, Metered<hyper::body::Incoming>>;
+
+/// The address an upstream connection was dialled to, found in the
+/// extensions of every response that came over it.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialed(pub SocketAddr);
+
+pub fn build(policy: Arc<Policy>, timeouts: DialTimeouts) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .set_host(false)
+        .build(GuardedConnector { policy, timeouts })
+}
+
+/// Finds our dial error behind the client's error, if that is what failed.
+pub fn upstream_error<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e UpstreamError> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<UpstreamError>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[derive(Clone)]
+pub struct GuardedConnector {
+    policy: Arc<Policy>,
+    timeouts: DialTimeouts,
+}
+
+impl tower_service::Service<Uri> for GuardedConnector {
+    type Response = UpstreamIo;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let policy = self.policy.clone();
+        let timeouts = self.timeouts;
+        Box::pin(async move {
+            let target = uri
+                .authority()
+                .ok_or_else(|| "no authority".to_owned())
+                .and_then(|a| HostPort::from_authority(a, 80).map_err(|e| e.to_string()))
+                .map_err(|detail| UpstreamError::Resolve {
+                    host: uri.to_string(),
+                    detail,
+                })?;
+            let (stream, dialed) = upstream::dial(&policy, &target, timeouts).await?;
+            Ok(UpstreamIo {
+                io: TokioIo::new(stream),
+                dialed,
+            })
+        })
+    }
+}
+
+/// A dialled upstream connection that remembers its address.
+pub struct UpstreamIo {
+    io: TokioIo<TcpStream>,
+    dialed: SocketAddr,
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        Connected::new().extra(Dialed(self.dialed))
+    }
+}
+
+impl Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}

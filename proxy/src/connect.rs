@@ -1,0 +1,188 @@
+//! CONNECT tunnels: decide on the CONNECT authority, dial the upstream before
+//! answering (so failures get a real status), then check the client's first
+//! bytes — a TLS ClientHello's SNI must name the CONNECT host (invariant 4) —
+//! and relay.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::audit::Kind;
+use crate::decision::{Decision, Reason};
+use crate::exchange::Exchange;
+use crate::forward::{check_host_header, Malformed};
+use crate::host::{Host, HostPort};
+use crate::policy::Target;
+use crate::respond::{empty, ProxyBody};
+use crate::server::Conn;
+use crate::sniff::{read_opening, Opening};
+use crate::tunnel::{relay, RelayEnd};
+use crate::upstream;
+
+pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Response<ProxyBody> {
+    let mut exchange = conn.begin(Kind::Connect);
+    exchange.record().method = Some("CONNECT".into());
+    let target = match connect_target(&request) {
+        Ok(target) => target,
+        Err(malformed) => return conn.refuse_malformed(exchange, malformed),
+    };
+    let described = format!("CONNECT {target}");
+    let record = exchange.record();
+    record.scheme = Some(if target.port == 80 { "http" } else { "https" });
+    record.host = Some(target.host.to_string());
+    record.port = Some(target.port);
+
+    let generation = conn.generation();
+    let decision = generation.policy.decide_tunnel(Target {
+        host: &target.host,
+        port: target.port,
+    });
+    exchange.decide(&decision);
+    if !decision.permits() {
+        return conn.refuse(exchange, &decision, &described);
+    }
+
+    let upstream = match upstream::dial(&generation.policy, &target, conn.dial_timeouts()).await {
+        Ok((stream, dialed)) => {
+            exchange.record().resolved = Some(dialed.ip());
+            stream
+        }
+        Err(e) => {
+            tracing::info!(id = exchange.id(), "{described}: {e}");
+            exchange.record().resolved = e.address();
+            return conn.refuse(exchange, &Decision::refuse(e.reason()), &described);
+        }
+    };
+    exchange.record().status = Some(StatusCode::OK.as_u16());
+    let tunnel = conn.clone();
+    conn.spawn(async move {
+        match hyper::upgrade::on(request).await {
+            Ok(upgraded) => {
+                run_tunnel(&tunnel, exchange, TokioIo::new(upgraded), target, upstream).await
+            }
+            Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+        }
+    });
+    Response::new(empty())
+}
+
+/// The CONNECT authority (host and an explicit port, RFC 9110 §9.3.6),
+/// checked against a Host header if the client sent one.
+fn connect_target(request: &Request<Incoming>) -> Result<HostPort, Malformed> {
+    let Some(authority) = request.uri().authority() else {
+        return Err(Malformed::Bad("CONNECT needs a host:port target".into()));
+    };
+    if authority.port().is_none() {
+        return Err(Malformed::Bad("CONNECT target needs a port".into()));
+    }
+    let target =
+        HostPort::from_authority(authority, 443).map_err(|e| Malformed::Bad(e.to_string()))?;
+    check_host_header(request.headers(), &target, 443)?;
+    Ok(target)
+}
+
+async fn run_tunnel<C>(
+    conn: &Conn,
+    mut exchange: Exchange,
+    mut client: C,
+    target: HostPort,
+    mut upstream: TcpStream,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (opening, first_bytes) = read_opening(&mut client, conn.first_byte_timeout()).await;
+    if let Err(reason) = check_opening(&opening, &target) {
+        tracing::info!(id = exchange.id(), "CONNECT {target}: {opening:?}");
+        exchange.decide(&Decision::refuse(reason));
+        return;
+    }
+    let counters = exchange.counters();
+    counters.up.fetch_add(
+        first_bytes.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if let Err(e) = upstream.write_all(&first_bytes).await {
+        tracing::debug!(
+            id = exchange.id(),
+            "upstream closed before the first bytes: {e}"
+        );
+        return;
+    }
+    let end = relay(
+        client,
+        upstream,
+        counters,
+        conn.tunnel_idle_timeout(),
+        conn.stopping(),
+    )
+    .await;
+    if end != RelayEnd::Closed {
+        tracing::debug!(id = exchange.id(), "tunnel to {target} ended: {end:?}");
+    }
+}
+
+/// Invariant 4: a TLS ClientHello's SNI must name the CONNECT host.
+fn check_opening(opening: &Opening, target: &HostPort) -> Result<(), Reason> {
+    match opening {
+        Opening::Tls { server_name: None } | Opening::Opaque | Opening::Silent => Ok(()),
+        Opening::Tls {
+            server_name: Some(name),
+        } => match Host::parse(name) {
+            Ok(host) if host == target.host => Ok(()),
+            _ => Err(Reason::SniMismatch),
+        },
+        Opening::MalformedTls(_) => Err(Reason::BadRequest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(host: &str) -> HostPort {
+        HostPort::parse(host, 443).unwrap()
+    }
+
+    fn tls(name: &str) -> Opening {
+        Opening::Tls {
+            server_name: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn sni_must_name_the_connect_host_after_normalisation() {
+        let t = target("api.example.com:443");
+        assert_eq!(check_opening(&tls("api.example.com"), &t), Ok(()));
+        assert_eq!(check_opening(&tls("API.Example.com."), &t), Ok(()));
+        assert_eq!(
+            check_opening(&tls("evil.example"), &t),
+            Err(Reason::SniMismatch)
+        );
+        assert_eq!(
+            check_opening(&tls("example.com"), &t),
+            Err(Reason::SniMismatch)
+        );
+        assert_eq!(
+            check_opening(&tls("not a name"), &t),
+            Err(Reason::SniMismatch)
+        );
+    }
+
+    #[test]
+    fn no_sni_and_non_tls_pass_malformed_tls_does_not() {
+        let t = target("a.example:443");
+        assert_eq!(
+            check_opening(&Opening::Tls { server_name: None }, &t),
+            Ok(())
+        );
+        assert_eq!(check_opening(&Opening::Opaque, &t), Ok(()));
+        assert_eq!(
+            check_opening(&Opening::MalformedTls("x".into()), &t),
+            Err(Reason::BadRequest)
+        );
+    }
+}
