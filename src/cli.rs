@@ -1,0 +1,107 @@
+//! Command-line syntax. Help texts are written to be enough on their own.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tollgate_proxy::ListenAddr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Egress proxy and network sandbox: untrusted work reaches the network only through a policy you can audit",
+    long_about = "tollgate runs an HTTP/HTTPS egress proxy that enforces a YAML policy \
+                  (off, limited to an allowlist, or unrestricted) and writes an audit record of \
+                  every decision as one JSON line.\n\n\
+                  Start with `tollgate proxy` (enforces the built-in common-dependencies \
+                  allowlist), point HTTP_PROXY/HTTPS_PROXY at it, and read the audit log on \
+                  standard output. Use `tollgate policy eval` to ask what a policy would do."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the egress proxy.
+    Proxy(ProxyArgs),
+    /// Check policy files, or ask what a policy decides for URLs.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Signals: SIGHUP reloads the policy (a policy that does not load is \
+    reported and the running one kept) and reopens the audit log; SIGINT/SIGTERM stop \
+    accepting, let in-flight requests finish for a few seconds, then exit.\n\n\
+    Example:\n  tollgate proxy --policy policies/example-audit.yaml --audit-log audit.jsonl\n  \
+    curl -x http://127.0.0.1:3128 https://pypi.org/simple/"
+)]
+pub struct ProxyArgs {
+    /// Policy file, or a built-in policy name (off, unrestricted,
+    /// common-dependencies). Default: common-dependencies.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<String>,
+
+    /// Where to listen: IP:PORT or unix:PATH. Repeat for several.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3128")]
+    pub listen: Vec<ListenAddr>,
+
+    /// Audit log file (appended, created mode 0600), or - for standard output.
+    #[arg(long, value_name = "PATH|-", default_value = "-")]
+    pub audit_log: String,
+
+    /// Seconds a client has to send request headers (also the idle limit of
+    /// keep-alive connections and the wait for a tunnel's first bytes).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+
+    /// Seconds a tunnel may carry no bytes before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tunnel_idle_timeout: u64,
+
+    /// Client connections served at once; more wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files; prints a summary per file, or the first error
+    /// with file:line:column. Exit 0 if all load, 1 otherwise.
+    Check(CheckArgs),
+    /// Print what a policy decides for each URL, without sending anything:
+    /// `allow` and the rule, or `deny` and the reason code. Exit 0 if all are
+    /// allowed, 1 if any is denied, 2 on a usage or configuration error.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy files (or built-in names).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  tollgate policy eval --policy common-dependencies \
+    https://pypi.org/simple/ https://evil.example/\n  \
+    allow  common-dependencies:**.pypi.org  GET https://pypi.org/simple/\n  \
+    deny   not-allowlisted                  GET https://evil.example/"
+)]
+pub struct EvalArgs {
+    /// Policy file or built-in name.
+    #[arg(long, value_name = "FILE")]
+    pub policy: String,
+
+    /// Request method to evaluate.
+    #[arg(long, value_name = "M", default_value = "GET")]
+    pub method: String,
+
+    /// URLs (http:// or https://).
+    #[arg(required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+}

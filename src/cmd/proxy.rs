@@ -1,0 +1,90 @@
+//! `tollgate proxy`: serve until SIGINT/SIGTERM, reload on SIGHUP.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tollgate_proxy::audit::{AuditLog, AuditTarget};
+use tollgate_proxy::policy::Policy;
+use tollgate_proxy::{Listener, Proxy, ProxyConfig};
+
+use crate::cli::ProxyArgs;
+
+/// The policy `proxy` enforces without `--policy` (DESIGN.md).
+const DEFAULT_POLICY: &str = "common-dependencies";
+
+pub fn run(args: ProxyArgs) -> Result<ExitCode> {
+    let policy_arg = args
+        .policy
+        .clone()
+        .unwrap_or_else(|| DEFAULT_POLICY.to_owned());
+    let policy = load_enforceable(&policy_arg)?;
+    let audit = AuditLog::open(AuditTarget::parse(&args.audit_log))?;
+    let config = config_from(&args);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, policy_arg, policy, audit, config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_enforceable(arg: &str) -> Result<Policy> {
+    let policy = Policy::load(arg)?;
+    policy.check_enforceable(false)?;
+    Ok(policy)
+}
+
+fn config_from(args: &ProxyArgs) -> ProxyConfig {
+    ProxyConfig {
+        header_timeout: Duration::from_secs(args.header_timeout),
+        tunnel_idle_timeout: Duration::from_secs(args.tunnel_idle_timeout),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        ..ProxyConfig::default()
+    }
+}
+
+async fn serve(
+    args: ProxyArgs,
+    policy_arg: String,
+    policy: Policy,
+    audit: AuditLog,
+    config: ProxyConfig,
+) -> Result<()> {
+    let mut listeners = Vec::with_capacity(args.listen.len());
+    for addr in &args.listen {
+        listeners.push(Listener::bind(addr)?);
+    }
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+
+    tracing::info!("policy {}: {}", policy.origin(), policy.summary());
+    let proxy = Proxy::new(policy, audit, config);
+    for listener in listeners {
+        tracing::info!("listening on {}", listener.describe());
+        tokio::spawn(Arc::clone(&proxy).serve(listener));
+    }
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&proxy, &policy_arg),
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    proxy.shutdown().await;
+    proxy.audit().sync(Duration::from_secs(5));
+    Ok(())
+}
+
+/// Invariant 5: a policy that does not load never replaces the running one.
+fn reload(proxy: &Proxy, policy_arg: &str) {
+    proxy.audit().reopen();
+    match load_enforceable(policy_arg) {
+        Ok(policy) => {
+            tracing::info!("reloaded policy {}: {}", policy.origin(), policy.summary());
+            proxy.replace_policy(policy);
+        }
+        Err(e) => tracing::error!("policy not reloaded, still enforcing the previous one: {e:#}"),
+    }
+}
