@@ -91,9 +91,7 @@ impl Policy {
             })?;
             return Policy::from_yaml(arg, &text);
         }
-        builtin::source(arg)
-            .ok_or_else(|| PolicyError::NotFound(arg.to_owned()))
-            .and_then(|text| Policy::from_yaml(&format!("builtin:{arg}"), text))
+        compile(&format!("builtin:{arg}"), builtin_file(arg)?, arg)
     }
 
     /// The policy `tollgate proxy` enforces when given none.
@@ -104,7 +102,7 @@ impl Policy {
     /// Parses and compiles a policy; `origin` names it in errors and logs.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Policy, PolicyError> {
         let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| syntax_error(origin, &e))?;
-        compile(origin, file)
+        compile(origin, file, "allow")
     }
 
     /// Refuses a policy that cannot be enforced as written (invariant 5: a
@@ -365,12 +363,14 @@ struct NamedSpec {
     spec: RuleSpec,
 }
 
-fn compile(origin: &str, file: PolicyFile) -> Result<Policy, PolicyError> {
+/// `allow_prefix` names allow rules: `allow` gives `allow[3]:github.com`; a
+/// built-in policy uses its own name, as its rules do when used as a preset.
+fn compile(origin: &str, file: PolicyFile, allow_prefix: &str) -> Result<Policy, PolicyError> {
     let invalid = |message: String| PolicyError::Invalid {
         origin: origin.to_owned(),
         message,
     };
-    let mut allow: Vec<NamedSpec> = name_rules("allow", file.allow);
+    let mut allow: Vec<NamedSpec> = name_rules(allow_prefix, file.allow);
     for preset in &file.presets {
         allow.extend(preset_rules(*preset).map_err(|e| invalid(e.to_string()))?);
     }
@@ -390,12 +390,20 @@ fn compile(origin: &str, file: PolicyFile) -> Result<Policy, PolicyError> {
     })
 }
 
+/// Names rules `allow[i]:pattern` / `deny[i]:pattern`; rules of a built-in
+/// list are `name:pattern` (its patterns are unique, its indexes meaningless
+/// to a reader).
 fn name_rules(list: &str, specs: Vec<RuleSpec>) -> Vec<NamedSpec> {
+    let indexed = list == "allow" || list == "deny";
     specs
         .into_iter()
         .enumerate()
         .map(|(i, spec)| NamedSpec {
-            name: format!("{list}[{i}]:{}", spec.host),
+            name: if indexed {
+                format!("{list}[{i}]:{}", spec.host)
+            } else {
+                format!("{list}:{}", spec.host)
+            },
             spec,
         })
         .collect()
@@ -404,17 +412,12 @@ fn name_rules(list: &str, specs: Vec<RuleSpec>) -> Vec<NamedSpec> {
 /// The allow rules of a preset, named `<preset>:<pattern>`.
 fn preset_rules(preset: Preset) -> Result<Vec<NamedSpec>, PolicyError> {
     let name = preset.name();
+    Ok(name_rules(name, builtin_file(name)?.allow))
+}
+
+fn builtin_file(name: &str) -> Result<PolicyFile, PolicyError> {
     let text = builtin::source(name).ok_or_else(|| PolicyError::NotFound(name.to_owned()))?;
-    let file: PolicyFile =
-        serde_yaml::from_str(text).map_err(|e| syntax_error(&format!("builtin:{name}"), &e))?;
-    Ok(file
-        .allow
-        .into_iter()
-        .map(|spec| NamedSpec {
-            name: format!("{name}:{}", spec.host),
-            spec,
-        })
-        .collect())
+    serde_yaml::from_str(text).map_err(|e| syntax_error(&format!("builtin:{name}"), &e))
 }
 
 fn build_rule_set(specs: Vec<NamedSpec>) -> Result<RuleSet, String> {
