@@ -1,0 +1,670 @@
+//! End-to-end tests of `tollgate proxy`: the real binary, real curl and a
+//! Rust client, real loopback upstreams. Nothing leaves 127.0.0.1.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn allowed_url(upstream: &Upstream, path: &str) -> String {
+    format!("http://allowed.test:{}{path}", upstream.port())
+}
+
+#[test]
+fn allowed_http_request_reaches_upstream_and_is_audited() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let r = curl_via(
+        &proxy,
+        &[&allowed_url(&upstream, "/hello?token=SECRET_QUERY")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body
+            .starts_with("upstream saw GET /hello?token=SECRET_QUERY"),
+        "{}",
+        r.body
+    );
+    assert!(r
+        .body
+        .contains(&format!("host=allowed.test:{}", upstream.port())));
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["rule"], "allow[1]:allowed.test");
+    assert_eq!(record["kind"], "http");
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["scheme"], "http");
+    assert_eq!(record["host"], "allowed.test");
+    assert_eq!(record["port"], upstream.port());
+    assert_eq!(record["path"], "/hello");
+    assert_eq!(record["resolved"], "127.0.0.1");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["bytes_down"], r.body.len());
+    for field in ["ts", "id", "client", "duration_ms", "bytes_up"] {
+        assert!(record.get(field).is_some(), "missing {field}: {record}");
+    }
+    assert!(record["ts"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn denied_request_gets_403_with_reason_and_never_reaches_upstream() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let url = format!("http://other.test:{}/x", upstream.port());
+    let r = curl_via(&proxy, &[&url]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-tollgate-decision").as_deref(), Some("deny"));
+    assert_eq!(
+        r.header("x-tollgate-reason").as_deref(),
+        Some("not-allowlisted")
+    );
+    assert_eq!(
+        r.body.trim_end(),
+        format!("tollgate: blocked GET {url}: host not in allowlist")
+    );
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["reason"], "not-allowlisted");
+    assert_eq!(record["status"], 403);
+    assert_eq!(record["id"].as_str(), r.header("x-tollgate-id").as_deref());
+    assert!(
+        record.get("resolved").is_none(),
+        "a denied name is not resolved"
+    );
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn allowed_connect_tunnel_carries_tls_end_to_end() {
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let url = format!("https://allowed.test:{}/secure", upstream.port());
+    let r = curl_via(
+        &proxy,
+        &["--cacert", upstream.ca_pem.to_str().unwrap(), &url],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.connect_status, 200);
+    assert!(r.body.starts_with("upstream saw GET /secure"), "{}", r.body);
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["method"], "CONNECT");
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["resolved"], "127.0.0.1");
+    assert!(
+        record["bytes_up"].as_u64().unwrap() > 200,
+        "ClientHello counted: {record}"
+    );
+    assert!(record["bytes_down"].as_u64().unwrap() > r.body.len() as u64);
+}
+
+#[test]
+fn denied_connect_gets_403_and_no_upstream_connection() {
+    let canary = Canary::start();
+    let proxy = Proxy::start(&loopback_policy(&[1], ""), &[]);
+    let url = format!("https://allowed.test:{}/", canary.addr.port());
+    let r = curl_via(&proxy, &[&url]);
+    assert_eq!(r.connect_status, 403, "{r:?}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["reason"], "port-not-allowed");
+    assert!(canary.untouched());
+}
+
+#[test]
+fn connect_needs_an_explicit_port() {
+    let proxy = Proxy::start(&loopback_policy(&[443], ""), &[]);
+    let reply = raw_exchange(
+        &proxy,
+        b"CONNECT allowed.test HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(proxy.audit_nth(1)["reason"], "bad-request");
+}
+
+#[test]
+fn mode_off_denies_everything() {
+    let upstream = Upstream::start();
+    let policy = "version: 1\nmode: off\nallow: [allowed.test]\nhosts: {allowed.test: 127.0.0.1}\nallow_internal: [127.0.0.1/32]\n";
+    let proxy = Proxy::start(policy, &[]);
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-tollgate-reason").as_deref(), Some("mode-off"));
+    let r = curl_via(
+        &proxy,
+        &[&format!("https://allowed.test:{}/", upstream.port())],
+    );
+    assert_eq!(r.connect_status, 403);
+    assert_eq!(proxy.audit_nth(2)["reason"], "mode-off");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn unrestricted_allows_any_host_and_port_but_not_the_deny_list() {
+    let upstream = Upstream::start();
+    let policy = "version: 1\nmode: unrestricted\ndeny: [other.test]\nhosts: {allowed.test: 127.0.0.1, other.test: 127.0.0.1}\nallow_internal: [127.0.0.1/32]\n";
+    let proxy = Proxy::start(policy, &[]);
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(proxy.audit_nth(1)["rule"], "mode:unrestricted");
+    let r = curl_via(
+        &proxy,
+        &[&format!("http://other.test:{}/", upstream.port())],
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-tollgate-reason").as_deref(), Some("denylisted"));
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[test]
+fn deny_wins_over_an_allow_that_matches() {
+    let upstream = Upstream::start();
+    let policy = loopback_policy(&[upstream.port()], "deny: [\"**.test\"]\n");
+    let proxy = Proxy::start(&policy, &[]);
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-tollgate-reason").as_deref(), Some("denylisted"));
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn audit_mode_lets_traffic_through_and_logs_would_deny() {
+    let upstream = Upstream::start();
+    let policy = "version: 1\nmode: limited\nenforce: false\nallow: [nothing.test]\nhosts: {allowed.test: 127.0.0.1}\nallow_internal: [127.0.0.1/32]\n";
+    let proxy = Proxy::start(policy, &[]);
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["decision"], "would_deny");
+    assert_eq!(record["reason"], "not-allowlisted");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[test]
+fn audit_mode_still_enforces_the_internal_address_guard() {
+    let canary = Canary::start();
+    let policy = "version: 1\nmode: limited\nenforce: false\nhosts: {loop.test: 127.0.0.1}\n";
+    let proxy = Proxy::start(policy, &[]);
+    let r = curl_via(
+        &proxy,
+        &[&format!("http://loop.test:{}/", canary.addr.port())],
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("x-tollgate-reason").as_deref(),
+        Some("internal-address")
+    );
+    assert!(canary.untouched());
+}
+
+#[test]
+fn ports_outside_the_rule_are_refused() {
+    let upstream = Upstream::start();
+    let policy = "version: 1\nmode: limited\nallow: [allowed.test]\nhosts: {allowed.test: 127.0.0.1}\nallow_internal: [127.0.0.1/32]\n";
+    let proxy = Proxy::start(policy, &[]);
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("x-tollgate-reason").as_deref(),
+        Some("port-not-allowed")
+    );
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn host_header_that_disagrees_with_the_target_is_refused() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    for host in [
+        "other.test",
+        &format!("other.test:{}", upstream.port()),
+        "allowed.test:1",
+    ] {
+        let r = curl_via(
+            &proxy,
+            &["-H", &format!("Host: {host}"), &allowed_url(&upstream, "/")],
+        );
+        assert_eq!(r.status, 403, "Host: {host}");
+        assert_eq!(
+            r.header("x-tollgate-reason").as_deref(),
+            Some("host-mismatch")
+        );
+    }
+    // Case and a trailing dot are the same host.
+    let same = format!("ALLOWED.test.:{}", upstream.port());
+    let r = curl_via(
+        &proxy,
+        &["-H", &format!("Host: {same}"), &allowed_url(&upstream, "/")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(proxy.audit_nth(4)["reason"].as_str(), None);
+}
+
+#[test]
+fn two_host_headers_are_refused() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: allowed.test:{p}\r\nHost: other.test:{p}\r\n\r\n",
+        allowed_url(&upstream, "/"),
+        p = upstream.port()
+    );
+    let reply = raw_exchange(&proxy, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn hop_by_hop_and_proxy_credentials_are_not_forwarded() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let r = curl_via(
+        &proxy,
+        &[
+            "-H",
+            "Proxy-Authorization: Basic c2VjcmV0",
+            "-H",
+            "Connection: x-hop",
+            "-H",
+            "X-Hop: 1",
+            "-H",
+            "X-End-To-End: 1",
+            &allowed_url(&upstream, "/"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let seen = upstream.seen.lock().unwrap().join("\n");
+    assert!(seen.contains("x-end-to-end"), "{seen}");
+    for gone in ["proxy-authorization", "x-hop,", "connection"] {
+        assert!(!seen.contains(gone), "{gone} forwarded: {seen}");
+    }
+}
+
+#[test]
+fn secrets_in_headers_and_queries_never_reach_the_audit_log() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let r = curl_via(
+        &proxy,
+        &[
+            "-H",
+            "Authorization: Bearer SECRET_HEADER_VALUE",
+            "-H",
+            "Cookie: session=SECRET_COOKIE",
+            &allowed_url(&upstream, "/p?key=SECRET_QUERY"),
+            &format!("http://other.test:{}/q?key=SECRET_DENIED", upstream.port()),
+        ],
+    );
+    assert_eq!(r.status, 403);
+    let records = proxy.audit(2);
+    assert_eq!(records.len(), 2);
+    let text = std::fs::read_to_string(&proxy.audit_path).unwrap();
+    assert!(!text.contains("SECRET"), "{text}");
+}
+
+#[test]
+fn keep_alive_reuses_one_client_connection_for_several_requests() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let r = curl_via(
+        &proxy,
+        &[
+            &allowed_url(&upstream, "/1"),
+            &allowed_url(&upstream, "/2"),
+            &allowed_url(&upstream, "/3"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let records = proxy.audit(3);
+    assert_eq!(records.len(), 3);
+    assert!(
+        records.iter().all(|r| r["client"] == records[0]["client"]),
+        "{records:#?}"
+    );
+    assert_eq!(upstream.hits(), 3);
+}
+
+#[test]
+fn request_bodies_are_forwarded_and_counted() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let body = "x".repeat(100_000);
+    let r = curl_via(
+        &proxy,
+        &["--data-binary", &body, &allowed_url(&upstream, "/upload")],
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("body=100000"), "{}", r.body);
+    assert_eq!(proxy.audit_nth(1)["bytes_up"], 100_000);
+}
+
+#[test]
+fn unreachable_upstream_is_502_upstream_failed() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let proxy = Proxy::start(&loopback_policy(&[port], ""), &[]);
+    let r = curl_via(&proxy, &[&format!("http://allowed.test:{port}/")]);
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.header("x-tollgate-reason").as_deref(),
+        Some("upstream-failed")
+    );
+    assert!(
+        r.body.starts_with("tollgate: could not deliver GET"),
+        "{}",
+        r.body
+    );
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["reason"], "upstream-failed");
+    assert_eq!(record["resolved"], "127.0.0.1");
+}
+
+#[test]
+fn origin_form_and_https_absolute_form_are_bad_requests() {
+    let proxy = Proxy::start(&loopback_policy(&[80], ""), &[]);
+    let reply = raw_exchange(&proxy, b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("x-tollgate-reason: bad-request"), "{reply}");
+    assert!(reply.contains("absolute-form"), "{reply}");
+    let reply = raw_exchange(
+        &proxy,
+        b"GET https://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(proxy.audit_nth(2)["reason"], "bad-request");
+}
+
+#[test]
+fn malformed_requests_get_400_and_an_audit_record() {
+    let proxy = Proxy::start(&loopback_policy(&[80], ""), &[]);
+    let garbage: [&[u8]; 4] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET http://allowed.test/ HTTP/9.9\r\n\r\n",
+        b"GET http://allowed.test/ HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ];
+    for (i, bytes) in garbage.iter().enumerate() {
+        let reply = raw_exchange(&proxy, bytes);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{i}: {reply:?}");
+        let record = proxy.audit_nth(i + 1);
+        assert_eq!(record["reason"], "bad-request", "{record}");
+        assert_eq!(record["status"], 400);
+    }
+    // Still serving after all that.
+    let reply = raw_exchange(&proxy, b"GET http://nope.test/ HTTP/1.1\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+}
+
+#[test]
+fn oversized_headers_are_refused_with_431() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        allowed_url(&upstream, "/"),
+        "a".repeat(70 * 1024)
+    );
+    let reply = raw_exchange(&proxy, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["reason"], "bad-request");
+    assert_eq!(record["status"], 431);
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn slow_clients_are_cut_off_after_the_header_timeout() {
+    let proxy = Proxy::start(&loopback_policy(&[80], ""), &["--header-timeout", "1"]);
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .write_all(b"GET http://allowed.test/ HTTP/1.1\r\nX-Slow: ")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "connection held for {waited:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
+}
+
+#[test]
+fn a_tls_client_hello_for_another_host_inside_an_allowed_connect_is_refused() {
+    let canary = Canary::start();
+    let policy = loopback_policy(&[canary.addr.port()], "");
+    let proxy = Proxy::start(&policy, &[]);
+    let handshake = tls_through_connect(&proxy, "allowed.test", canary.addr.port(), "other.test");
+    assert!(handshake.is_err(), "foreign SNI got through");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["reason"], "sni-mismatch");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        canary.bytes(),
+        0,
+        "bytes of the foreign ClientHello reached upstream"
+    );
+
+    // Control: the matching SNI is relayed (the canary speaks no TLS, so the
+    // handshake itself fails, but the ClientHello arrives).
+    let _ = tls_through_connect(&proxy, "allowed.test", canary.addr.port(), "allowed.test");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while canary.bytes() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(canary.bytes() > 0, "matching SNI was not relayed");
+}
+
+#[test]
+fn non_tls_bytes_in_a_tunnel_are_relayed_to_the_allowed_host() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    // curl --proxytunnel sends plain HTTP inside a CONNECT tunnel.
+    let r = curl_via(
+        &proxy,
+        &["--proxytunnel", &allowed_url(&upstream, "/tunnelled")],
+    );
+    assert_eq!(r.connect_status, 200);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.starts_with("upstream saw GET /tunnelled"));
+}
+
+#[test]
+fn unix_socket_listener_serves_next_to_tcp() {
+    let upstream = Upstream::start();
+    let scratch = Scratch::new("unix");
+    let socket = scratch.path("proxy.sock");
+    let listen = format!("unix:{}", socket.display());
+    let proxy = Proxy::start(
+        &loopback_policy(&[upstream.port()], ""),
+        &["--listen", "127.0.0.1:0", "--listen", &listen],
+    );
+    let (status, body) = get_over_unix_socket(&socket, &allowed_url(&upstream, "/via-unix"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("upstream saw GET /via-unix"), "{body}");
+    assert_eq!(proxy.audit_nth(1)["client"], "unix");
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/via-tcp")]);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn sighup_reloads_a_good_policy_and_keeps_the_old_one_when_the_new_one_is_broken() {
+    let upstream = Upstream::start();
+    let scratch = Scratch::new("reload");
+    let policy_path = scratch.write("policy.yaml", &loopback_policy(&[upstream.port()], ""));
+    let proxy = Proxy::start_with_policy_file(&policy_path, &[]);
+    let url = allowed_url(&upstream, "/");
+    assert_eq!(curl_via(&proxy, &[&url]).status, 200);
+
+    std::fs::write(&policy_path, "version: 1\nmode: off\n").unwrap();
+    proxy.signal("HUP");
+    wait_for(|| proxy.stderr().contains("reloaded policy"));
+    let r = curl_via(&proxy, &[&url]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-tollgate-reason").as_deref(), Some("mode-off"));
+
+    std::fs::write(&policy_path, "version: 1\nmode: unrestricted\nalow: typo\n").unwrap();
+    proxy.signal("HUP");
+    wait_for(|| proxy.stderr().contains("policy not reloaded"));
+    assert!(
+        proxy.stderr().contains("unknown field `alow`"),
+        "{}",
+        proxy.stderr()
+    );
+    let r = curl_via(&proxy, &[&url]);
+    assert_eq!(
+        r.status, 403,
+        "a broken policy must not replace the running one"
+    );
+    assert_eq!(r.header("x-tollgate-reason").as_deref(), Some("mode-off"));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut proxy = Proxy::start(&loopback_policy(&[80], ""), &[]);
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn connection_limit_holds_further_clients_until_a_slot_frees() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(
+        &loopback_policy(&[upstream.port()], ""),
+        &["--max-connections", "1"],
+    );
+    let idle = TcpStream::connect(proxy.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = curl_via(&proxy, &["--max-time", "1", &allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 0, "served beyond the limit: {r:?}");
+    drop(idle);
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[test]
+fn a_policy_that_needs_interception_does_not_start_without_a_ca() {
+    let scratch = Scratch::new("nointercept");
+    let policy = scratch.write("p.yaml", "version: 1\nmode: unrestricted\nmethods: [GET]\n");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "proxy",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TLS interception"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// Sends raw bytes to the proxy and returns everything it answers before
+/// closing (or 3 s).
+fn raw_exchange(proxy: &Proxy, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        if reply.windows(4).any(|w| w == b"\r\n\r\n") && !reply.starts_with(b"HTTP/1.1 2") {
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(n) = stream.read(&mut buf) {
+                reply.extend_from_slice(&buf[..n]);
+            }
+            break;
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// A Rust TLS client that CONNECTs to `host:port` and then offers `sni`.
+fn tls_through_connect(proxy: &Proxy, host: &str, port: u16, sni: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+        stream.write_all(connect.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = stream.read(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let roots = rustls::RootCertStore::empty();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let handshake = connector.connect(name, stream);
+        match tokio::time::timeout(Duration::from_secs(3), handshake).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    })
+}
+
+/// A Rust client (hyper) sending one absolute-form GET over a unix socket.
+fn get_over_unix_socket(socket: &std::path::Path, url: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::get(url)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+fn wait_for(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
