@@ -471,6 +471,41 @@ fn a_tls_client_hello_for_another_host_inside_an_allowed_connect_is_refused() {
 }
 
 #[test]
+fn a_client_that_waits_out_the_sniff_timeout_cannot_skip_the_sni_check() {
+    let canary = Canary::start();
+    let proxy = Proxy::start(
+        &loopback_policy(&[canary.addr.port()], ""),
+        &["--header-timeout", "1"],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handshake = runtime.block_on(async {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let port = canary.addr.port();
+        let connect = format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, connect.as_bytes())
+            .await
+            .unwrap();
+        let mut head = [0u8; 256];
+        let n = tokio::io::AsyncReadExt::read(&mut stream, &mut head)
+            .await
+            .unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tls_handshake(stream, "other.test").await
+    });
+    assert!(handshake.is_err());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        canary.bytes(),
+        0,
+        "a late foreign ClientHello reached upstream"
+    );
+}
+
+#[test]
 fn non_tls_bytes_in_a_tunnel_are_relayed_to_the_allowed_host() {
     let upstream = Upstream::start();
     let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
@@ -618,6 +653,13 @@ fn tls_through_connect(proxy: &Proxy, host: &str, port: u16, sni: &str) -> Resul
         let n = stream.read(&mut head).await.unwrap();
         let head = String::from_utf8_lossy(&head[..n]).into_owned();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tls_handshake(stream, sni).await
+    })
+}
+
+/// A TLS handshake offering `sni` over an open tunnel.
+async fn tls_handshake(stream: tokio::net::TcpStream, sni: &str) -> Result<(), String> {
+    {
         let roots = rustls::RootCertStore::empty();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -634,7 +676,7 @@ fn tls_through_connect(proxy: &Proxy, host: &str, port: u16, sni: &str) -> Resul
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
-    })
+    }
 }
 
 /// A Rust client (hyper) sending one absolute-form GET over a unix socket.

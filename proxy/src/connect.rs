@@ -32,7 +32,6 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
     };
     let described = format!("CONNECT {target}");
     let record = exchange.record();
-    record.scheme = Some(if target.port == 80 { "http" } else { "https" });
     record.host = Some(target.host.to_string());
     record.port = Some(target.port);
 
@@ -95,10 +94,17 @@ async fn run_tunnel<C>(
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (opening, first_bytes) = read_opening(&mut client, conn.first_byte_timeout()).await;
-    if let Err(reason) = check_opening(&opening, &target) {
-        tracing::info!(id = exchange.id(), "CONNECT {target}: {opening:?}");
-        exchange.decide(&Decision::refuse(reason));
-        return;
+    match check_opening(&opening, &target) {
+        Ok(Some(scheme)) => exchange.record().scheme = Some(scheme),
+        Ok(None) => {
+            tracing::debug!(id = exchange.id(), "CONNECT {target}: client sent nothing");
+            return;
+        }
+        Err(reason) => {
+            tracing::info!(id = exchange.id(), "CONNECT {target}: {opening:?}");
+            exchange.decide(&Decision::refuse(reason));
+            return;
+        }
     }
     let counters = exchange.counters();
     counters.up.fetch_add(
@@ -125,16 +131,20 @@ async fn run_tunnel<C>(
     }
 }
 
-/// Invariant 4: a TLS ClientHello's SNI must name the CONNECT host.
-fn check_opening(opening: &Opening, target: &HostPort) -> Result<(), Reason> {
+/// Invariant 4: a TLS ClientHello's SNI must name the CONNECT host. Returns
+/// the scheme the tunnel carries for the audit record, or `None` when the
+/// client sent nothing: that tunnel is closed, never relayed unchecked.
+fn check_opening(opening: &Opening, target: &HostPort) -> Result<Option<&'static str>, Reason> {
     match opening {
-        Opening::Tls { server_name: None } | Opening::Opaque | Opening::Silent => Ok(()),
+        Opening::Tls { server_name: None } => Ok(Some("https")),
         Opening::Tls {
             server_name: Some(name),
         } => match Host::parse(name) {
-            Ok(host) if host == target.host => Ok(()),
+            Ok(host) if host == target.host => Ok(Some("https")),
             _ => Err(Reason::SniMismatch),
         },
+        Opening::Opaque => Ok(Some("tcp")),
+        Opening::Silent => Ok(None),
         Opening::MalformedTls(_) => Err(Reason::BadRequest),
     }
 }
@@ -156,8 +166,14 @@ mod tests {
     #[test]
     fn sni_must_name_the_connect_host_after_normalisation() {
         let t = target("api.example.com:443");
-        assert_eq!(check_opening(&tls("api.example.com"), &t), Ok(()));
-        assert_eq!(check_opening(&tls("API.Example.com."), &t), Ok(()));
+        assert_eq!(
+            check_opening(&tls("api.example.com"), &t),
+            Ok(Some("https"))
+        );
+        assert_eq!(
+            check_opening(&tls("API.Example.com."), &t),
+            Ok(Some("https"))
+        );
         assert_eq!(
             check_opening(&tls("evil.example"), &t),
             Err(Reason::SniMismatch)
@@ -173,13 +189,14 @@ mod tests {
     }
 
     #[test]
-    fn no_sni_and_non_tls_pass_malformed_tls_does_not() {
+    fn no_sni_and_non_tls_pass_malformed_tls_and_silence_do_not() {
         let t = target("a.example:443");
         assert_eq!(
             check_opening(&Opening::Tls { server_name: None }, &t),
-            Ok(())
+            Ok(Some("https"))
         );
-        assert_eq!(check_opening(&Opening::Opaque, &t), Ok(()));
+        assert_eq!(check_opening(&Opening::Opaque, &t), Ok(Some("tcp")));
+        assert_eq!(check_opening(&Opening::Silent, &t), Ok(None));
         assert_eq!(
             check_opening(&Opening::MalformedTls("x".into()), &t),
             Err(Reason::BadRequest)
