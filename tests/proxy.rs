@@ -520,6 +520,47 @@ fn non_tls_bytes_in_a_tunnel_are_relayed_to_the_allowed_host() {
 }
 
 #[test]
+fn tunnels_carry_large_transfers_intact_both_ways_with_half_close() {
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut stream, _) = echo.accept().unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).unwrap();
+        stream.write_all(&received).unwrap();
+    });
+    let proxy = Proxy::start(&loopback_policy(&[port], ""), &[]);
+    let payload: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i % 251) as u8 + 1)
+        .collect();
+
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    write!(stream, "CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n").unwrap();
+    let mut head = [0u8; 128];
+    let n = stream.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).unwrap();
+    sender.join().unwrap();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "tunnel corrupted the stream");
+    drop(stream);
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["scheme"], "tcp");
+    assert_eq!(record["bytes_up"], payload.len());
+    assert_eq!(record["bytes_down"], payload.len());
+}
+
+#[test]
 fn unix_socket_listener_serves_next_to_tcp() {
     let upstream = Upstream::start();
     let scratch = Scratch::new("unix");

@@ -6,9 +6,12 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
+use std::sync::atomic::Ordering;
+
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::audit::Kind;
@@ -20,7 +23,7 @@ use crate::policy::Target;
 use crate::respond::{empty, ProxyBody};
 use crate::server::Conn;
 use crate::sniff::{read_opening, Opening};
-use crate::tunnel::{relay, RelayEnd};
+use crate::tunnel::{relay, relay_tcp, RelayEnd};
 use crate::upstream;
 
 pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Response<ProxyBody> {
@@ -60,9 +63,7 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
     let tunnel = conn.clone();
     conn.spawn(async move {
         match hyper::upgrade::on(request).await {
-            Ok(upgraded) => {
-                run_tunnel(&tunnel, exchange, TokioIo::new(upgraded), target, upstream).await
-            }
+            Ok(upgraded) => run_tunnel(&tunnel, exchange, upgraded, target, upstream).await,
             Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
         }
     });
@@ -84,51 +85,74 @@ fn connect_target(request: &Request<Incoming>) -> Result<HostPort, Malformed> {
     Ok(target)
 }
 
-async fn run_tunnel<C>(
+/// Checks the opening, then relays: with splice when the client is a TCP
+/// socket (hyper hands back the socket and any bytes it had already read),
+/// through buffers otherwise.
+async fn run_tunnel(
     conn: &Conn,
     mut exchange: Exchange,
-    mut client: C,
+    upgraded: Upgraded,
     target: HostPort,
     mut upstream: TcpStream,
-) where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (opening, first_bytes) = read_opening(&mut client, conn.first_byte_timeout()).await;
-    match check_opening(&opening, &target) {
+) {
+    let counters = exchange.counters();
+    let (idle, stop) = (conn.tunnel_idle_timeout(), conn.stopping());
+    let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let mut client = parts.io.into_inner();
+            let mut opening = std::io::Cursor::new(parts.read_buf).chain(&mut client);
+            if !open_tunnel(conn, &mut exchange, &mut opening, &target, &mut upstream).await {
+                return;
+            }
+            relay_tcp(client, upstream, counters, idle, stop).await
+        }
+        Err(upgraded) => {
+            let mut client = TokioIo::new(upgraded);
+            if !open_tunnel(conn, &mut exchange, &mut client, &target, &mut upstream).await {
+                return;
+            }
+            relay(client, upstream, counters, idle, stop).await
+        }
+    };
+    if end != RelayEnd::Closed {
+        tracing::debug!(id = exchange.id(), "tunnel to {target} ended: {end:?}");
+    }
+}
+
+/// Reads the client's first bytes, applies the SNI check, and forwards them;
+/// `false` when the tunnel must not go on.
+async fn open_tunnel<R: AsyncRead + Unpin>(
+    conn: &Conn,
+    exchange: &mut Exchange,
+    client: &mut R,
+    target: &HostPort,
+    upstream: &mut TcpStream,
+) -> bool {
+    let (opening, first_bytes) = read_opening(client, conn.first_byte_timeout()).await;
+    match check_opening(&opening, target) {
         Ok(Some(scheme)) => exchange.record().scheme = Some(scheme),
         Ok(None) => {
             tracing::debug!(id = exchange.id(), "CONNECT {target}: client sent nothing");
-            return;
+            return false;
         }
         Err(reason) => {
             tracing::info!(id = exchange.id(), "CONNECT {target}: {opening:?}");
             exchange.decide(&Decision::refuse(reason));
-            return;
+            return false;
         }
     }
-    let counters = exchange.counters();
-    counters.up.fetch_add(
-        first_bytes.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    exchange
+        .counters()
+        .up
+        .fetch_add(first_bytes.len() as u64, Ordering::Relaxed);
     if let Err(e) = upstream.write_all(&first_bytes).await {
         tracing::debug!(
             id = exchange.id(),
             "upstream closed before the first bytes: {e}"
         );
-        return;
+        return false;
     }
-    let end = relay(
-        client,
-        upstream,
-        counters,
-        conn.tunnel_idle_timeout(),
-        conn.stopping(),
-    )
-    .await;
-    if end != RelayEnd::Closed {
-        tracing::debug!(id = exchange.id(), "tunnel to {target} ended: {end:?}");
-    }
+    true
 }
 
 /// Invariant 4: a TLS ClientHello's SNI must name the CONNECT host. Returns

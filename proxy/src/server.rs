@@ -79,7 +79,8 @@ impl Default for ProxyConfig {
                 resolve: Duration::from_secs(5),
                 connect: Duration::from_secs(10),
             },
-            // Well under the usual 1024 open-file soft limit (two fds a tunnel).
+            // Six descriptors per tunnel (sockets and splice pipes): 2400 fds,
+            // within the hard open-file limit of common distributions (4096+).
             max_connections: 400,
             // squid's request_header_max_size default.
             max_header_bytes: 64 * 1024,

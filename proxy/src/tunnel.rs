@@ -1,21 +1,34 @@
 //! Relaying bytes both ways through a tunnel until both sides are done, one
 //! side fails, the tunnel has been idle too long, or the proxy stops.
+//!
+//! TCP-to-TCP tunnels use splice(2) through a pipe per direction, so the
+//! payload never enters userspace; other streams (unix-socket clients) are
+//! copied through buffers.
 
+use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::socket::{shutdown, Shutdown};
+use nix::unistd::pipe2;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::exchange::{Counters, Direction};
 
-/// Copy buffer per direction: large enough that a bulk transfer on loopback
-/// is not limited by syscalls, small enough for 10k tunnels (1.25 GiB at 64 KiB
-/// would be too much; 32 KiB x 2 x 10k = 640 MiB worst case, only while busy).
+/// Copy buffer per direction for the buffered path: 32 KiB keeps syscalls
+/// per megabyte low while 400 busy tunnels stay under 30 MiB.
 const RELAY_BUFFER: usize = 32 * 1024;
+/// Pipe capacity per direction for splice: 256 KiB (the kernel default is
+/// 64 KiB) lets one splice move a full socket buffer's worth; pipe pages are
+/// only allocated while data is in flight.
+const PIPE_BYTES: usize = 256 * 1024;
 
 /// How a relay ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +67,69 @@ where
         },
         () = clock.idle_for(idle_timeout) => RelayEnd::Idle,
         () = stop.cancelled() => RelayEnd::Stopped,
+    }
+}
+
+/// Relays between two TCP sockets with splice(2).
+pub async fn relay_tcp(
+    client: TcpStream,
+    upstream: TcpStream,
+    counters: Arc<Counters>,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) -> RelayEnd {
+    let clock = ActivityClock::new();
+    let up = splice_one_way(&client, &upstream, &counters.up, &clock);
+    let down = splice_one_way(&upstream, &client, &counters.down, &clock);
+    tokio::select! {
+        result = async { tokio::try_join!(up, down) } => match result {
+            Ok(_) => RelayEnd::Closed,
+            Err(e) => RelayEnd::Failed(e.to_string()),
+        },
+        () = clock.idle_for(idle_timeout) => RelayEnd::Idle,
+        () = stop.cancelled() => RelayEnd::Stopped,
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` reaches end of stream, then
+/// half-closes `to` so the peer sees the end too.
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    clock: &ActivityClock,
+) -> io::Result<()> {
+    let (pipe_out, pipe_in) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    // Best effort: a smaller pipe (e.g. a low fs.pipe-max-size) still works.
+    let _ = fcntl(&pipe_in, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32));
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    loop {
+        from.readable().await?;
+        let filled = match from.try_io(Interest::READABLE, || {
+            splice(from, None, &pipe_in, None, PIPE_BYTES, flags).map_err(io::Error::from)
+        }) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        counter.fetch_add(filled as u64, Ordering::Relaxed);
+        clock.touch();
+        let mut pending = filled;
+        while pending > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pipe_out, None, to, None, pending, flags).map_err(io::Error::from)
+            }) {
+                Ok(n) => pending -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    match shutdown(to.as_raw_fd(), Shutdown::Write) {
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -23,6 +23,7 @@ pub fn run(args: ProxyArgs) -> Result<ExitCode> {
     let policy = load_enforceable(&policy_arg)?;
     let audit = AuditLog::open(AuditTarget::parse(&args.audit_log))?;
     let config = config_from(&args);
+    raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(serve(args, policy_arg, policy, audit, config))?;
     Ok(ExitCode::SUCCESS)
@@ -32,6 +33,23 @@ fn load_enforceable(arg: &str) -> Result<Policy> {
     let policy = Policy::load(arg)?;
     policy.check_enforceable(false)?;
     Ok(policy)
+}
+
+/// A tunnel holds six descriptors (two sockets, two splice pipes), so the
+/// usual soft limit of 1024 would cap the proxy near 170 tunnels. Raise the
+/// soft limit to the hard one, as nginx (worker_rlimit_nofile) and Go's
+/// runtime do.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
 }
 
 fn config_from(args: &ProxyArgs) -> ProxyConfig {
