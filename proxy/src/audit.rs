@@ -2,8 +2,9 @@
 //! and flushed (DESIGN.md "Decisions, denials, audit log").
 //!
 //! Records are serialised on the caller and handed to one writer thread, which
-//! writes whatever has queued up as one batch and flushes it, so a slow disk
-//! never stalls the proxy's event loop and lines never interleave. The queue is
+//! writes whatever has queued up within a few milliseconds as one batch and
+//! flushes it, so a slow disk never stalls the proxy's event loop and lines
+//! never interleave. The queue is
 //! bounded and senders wait when it is full: records are never dropped.
 //!
 //! Nothing from headers or bodies is ever recorded, nor the query string of a
@@ -25,8 +26,13 @@ use thiserror::Error;
 use crate::decision::{Decision, Outcome, Reason};
 
 /// Records that may wait for the writer before senders block: a burst of a
-/// few seconds at the proxy's request rate, a few MiB of memory at most.
+/// second at the proxy's request rate, a few MiB of memory at most.
 const QUEUE_RECORDS: usize = 16 * 1024;
+/// After the first record of a batch the writer waits this long before
+/// writing, so that at high rates senders find it busy instead of waking
+/// it per record (a futex wake and a context switch each, measured at ~10%
+/// of the proxy's CPU). Records still reach the file within a few ms.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -242,6 +248,9 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 
 fn write_loop(mut sink: Sink, target: AuditTarget, inbox: Receiver<Message>) {
     while let Ok(first) = inbox.recv() {
+        if matches!(first, Message::Line(_)) {
+            std::thread::sleep(BATCH_WINDOW);
+        }
         let mut waiting = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next {

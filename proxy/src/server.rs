@@ -211,7 +211,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(policy: Policy, audit: AuditLog, config: ProxyConfig) -> Arc<Proxy> {
-        let generation = Generation::new(policy, config.dial);
+        let generation = Generation::new(policy, &config);
         Arc::new(Proxy {
             generation: ArcSwap::from_pointee(generation),
             audit,
@@ -230,7 +230,7 @@ impl Proxy {
     /// Enforces `policy` from the next request on.
     pub fn replace_policy(&self, policy: Policy) {
         self.generation
-            .store(Arc::new(Generation::new(policy, self.config.dial)));
+            .store(Arc::new(Generation::new(policy, &self.config)));
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -305,10 +305,10 @@ impl Proxy {
 }
 
 impl Generation {
-    fn new(policy: Policy, dial: DialTimeouts) -> Generation {
+    fn new(policy: Policy, config: &ProxyConfig) -> Generation {
         let policy = Arc::new(policy);
         Generation {
-            client: client::build(policy.clone(), dial),
+            client: client::build(policy.clone(), config.dial, config.max_connections),
             policy,
         }
     }
