@@ -39,6 +39,12 @@ pub enum UpstreamError {
         #[source]
         source: io::Error,
     },
+    #[error("TLS with {host} ({addr}) failed: {detail}")]
+    Tls {
+        host: String,
+        addr: SocketAddr,
+        detail: String,
+    },
 }
 
 impl UpstreamError {
@@ -46,7 +52,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Resolve { .. } => Reason::ResolveFailed,
             UpstreamError::Internal { .. } => Reason::InternalAddress,
-            UpstreamError::Connect { .. } => Reason::UpstreamFailed,
+            UpstreamError::Connect { .. } | UpstreamError::Tls { .. } => Reason::UpstreamFailed,
         }
     }
 
@@ -55,7 +61,9 @@ impl UpstreamError {
         match self {
             UpstreamError::Resolve { .. } => None,
             UpstreamError::Internal { ip, .. } => Some(*ip),
-            UpstreamError::Connect { addr, .. } => Some(addr.ip()),
+            UpstreamError::Connect { addr, .. } | UpstreamError::Tls { addr, .. } => {
+                Some(addr.ip())
+            }
         }
     }
 }
@@ -89,7 +97,11 @@ async fn resolve(
         host: name.as_str().to_owned(),
         detail,
     };
-    let lookup = tokio::net::lookup_host((name.as_str(), target.port));
+    // Fully qualified (trailing dot), so resolv.conf `search` domains cannot
+    // turn the name the policy decided on into another one (`intranet` into
+    // `intranet.corp.example`).
+    let fqdn = format!("{}.", name.as_str());
+    let lookup = tokio::net::lookup_host((fqdn.as_str(), target.port));
     let found = tokio::time::timeout(timeout, lookup)
         .await
         .map_err(|_| failed(format!("no answer within {timeout:?}")))?
