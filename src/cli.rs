@@ -18,6 +18,11 @@ use tollgate_proxy::ListenAddr;
                   standard output. Use `tollgate policy eval` to ask what a policy would do."
 )]
 pub struct Cli {
+    /// Where tollgate keeps its CA and cache. Default: /var/lib/tollgate as
+    /// root, $XDG_STATE_HOME/tollgate (~/.local/state/tollgate) otherwise.
+    #[arg(long, global = true, env = "TOLLGATE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +34,24 @@ pub enum Command {
     /// Check policy files, or ask what a policy decides for URLs.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage the CA that TLS interception presents to sandboxed clients.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA: writes ca.crt (PEM) and ca.key (PEM, mode 0600) into the
+    /// directory, and refuses to overwrite existing ones. Give ca.crt to the
+    /// clients whose HTTPS is intercepted (see README, "TLS interception").
+    Init(CaInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaInitArgs {
+    /// Directory for ca.crt and ca.key. Default: certs/ under the state dir.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +75,17 @@ pub struct ProxyArgs {
     /// Audit log file (appended, created mode 0600), or - for standard output.
     #[arg(long, value_name = "PATH|-", default_value = "-")]
     pub audit_log: String,
+
+    /// CA directory (ca.crt, ca.key) for TLS interception, needed by policies
+    /// with `methods` or `paths`. Default: certs/ under the state dir, if a
+    /// CA is there.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Extra trust anchors (PEM) for upstream servers of intercepted HTTPS,
+    /// e.g. a corporate CA; the system roots are always trusted. Repeatable.
+    #[arg(long, value_name = "PEM")]
+    pub upstream_ca: Vec<PathBuf>,
 
     /// Seconds a client has to send request headers (also the idle limit of
     /// keep-alive connections and the wait for a tunnel's first bytes).

@@ -3,12 +3,13 @@
 
 mod cli;
 mod cmd;
+mod state;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, PolicyCommand};
+use crate::cli::{CaCommand, Cli, Command, PolicyCommand};
 
 /// Exit status for a usage or configuration error (DESIGN.md, `policy eval`).
 const EXIT_CONFIG: u8 = 2;
@@ -16,8 +17,10 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    let state = state::StateDir::new(cli.state_dir);
     let outcome = match cli.command {
-        Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args, &state),
+        Command::Ca(CaCommand::Init(args)) => cmd::ca::init(args, &state),
         Command::Policy(PolicyCommand::Check(args)) => cmd::policy::check(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
     };

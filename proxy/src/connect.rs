@@ -1,7 +1,8 @@
-//! CONNECT tunnels: decide on the CONNECT authority, dial the upstream before
-//! answering (so failures get a real status), then check the client's first
-//! bytes — a TLS ClientHello's SNI must name the CONNECT host (invariant 4) —
-//! and relay.
+//! CONNECT tunnels: decide on the CONNECT authority; hand tunnels whose
+//! decision depends on what is inside to interception; for the rest, dial the
+//! upstream before answering (so failures get a real status), check the
+//! client's first bytes — a TLS ClientHello's SNI must name the CONNECT host
+//! (invariant 4) — and relay.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
 use crate::forward::{check_host_header, Malformed};
 use crate::host::{Host, HostPort};
+use crate::intercept;
 use crate::policy::Target;
 use crate::respond::{empty, ProxyBody};
 use crate::server::Conn;
@@ -46,6 +48,27 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
     exchange.decide(&decision);
     if !decision.permits() {
         return conn.refuse(exchange, &decision, &described);
+    }
+    let intercepting = conn.interception().filter(|_| {
+        generation.policy.tunnel_needs_interception(Target {
+            host: &target.host,
+            port: target.port,
+        })
+    });
+    if let Some(interception) = intercepting {
+        let authority = interception.authority.clone();
+        exchange.record().status = Some(StatusCode::OK.as_u16());
+        let conn = conn.clone();
+        let tunnel = conn.clone();
+        conn.spawn(async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    intercept::serve(tunnel, exchange, upgraded, target, authority).await
+                }
+                Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+            }
+        });
+        return Response::new(empty());
     }
 
     let upstream = match upstream::dial(&generation.policy, &target, conn.dial_timeouts()).await {

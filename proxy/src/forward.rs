@@ -1,12 +1,16 @@
-//! Plain HTTP forwarding: absolute-form requests (`GET http://host/path`)
-//! are checked, decided, cleaned of hop-by-hop headers and sent upstream
-//! through the pooled, guarded client.
+//! Forwarding HTTP requests: plain absolute-form requests (`GET
+//! http://host/path`) and requests read inside an intercepted tunnel share
+//! one path — decide on method, host, port and path; clean hop-by-hop
+//! headers; send through the pooled, guarded client; relay the response,
+//! or, for an allowed WebSocket upgrade, the upgraded streams.
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 use crate::audit::Kind;
 use crate::client::{upstream_error, Dialed};
@@ -14,8 +18,9 @@ use crate::decision::{Decision, Reason};
 use crate::exchange::{Exchange, Metered};
 use crate::host::HostPort;
 use crate::policy::Target;
-use crate::respond::{strip_hop_by_hop, ProxyBody};
+use crate::respond::{discard_body, empty, strip_hop_by_hop, ProxyBody};
 use crate::server::Conn;
+use crate::tunnel::relay;
 
 /// Why a request could not even be decided.
 #[derive(Debug)]
@@ -24,18 +29,32 @@ pub(crate) enum Malformed {
     HostMismatch,
 }
 
-pub(crate) async fn forward(conn: &Conn, mut request: Request<Incoming>) -> Response<ProxyBody> {
+/// A plain-HTTP proxy request.
+pub(crate) async fn forward(conn: &Conn, request: Request<Incoming>) -> Response<ProxyBody> {
     let mut exchange = conn.begin(Kind::Http);
     exchange.record().method = Some(request.method().to_string());
-    let target = match http_target(&request) {
-        Ok(target) => target,
-        Err(malformed) => return conn.refuse_malformed(exchange, malformed),
-    };
-    let generation = conn.generation();
-    let path = request.uri().path().to_owned();
-    let described = format!("{} http://{target}{path}", request.method());
-    describe_target(&mut exchange, &target, &path);
+    match http_target(&request) {
+        Ok(target) => deliver(conn, exchange, request, target, Scheme::HTTP).await,
+        Err(malformed) => conn.refuse_malformed(exchange, malformed),
+    }
+}
 
+/// Decides and, if allowed, forwards `request` to `target` over `scheme`.
+pub(crate) async fn deliver(
+    conn: &Conn,
+    mut exchange: Exchange,
+    mut request: Request<Incoming>,
+    target: HostPort,
+    scheme: Scheme,
+) -> Response<ProxyBody> {
+    let path = request.uri().path().to_owned();
+    let described = format!(
+        "{} {scheme}://{}{path}",
+        request.method(),
+        authority_text(&scheme, &target)
+    );
+    describe_target(&mut exchange, &target, &scheme, &path);
+    let generation = conn.generation();
     let decision = generation.policy.decide_request(
         Target {
             host: &target.host,
@@ -46,15 +65,29 @@ pub(crate) async fn forward(conn: &Conn, mut request: Request<Incoming>) -> Resp
     );
     exchange.decide(&decision);
     if !decision.permits() {
+        discard_body(request.into_body()).await;
         return conn.refuse(exchange, &decision, &described);
     }
+    let Some(client) = generation.client_for(&scheme) else {
+        return conn.refuse(
+            exchange,
+            &Decision::refuse(Reason::UpstreamFailed),
+            &described,
+        );
+    };
 
-    if let Err(detail) = rewrite_for_upstream(&mut request, &target) {
+    let client_upgrade = wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
+    if let Err(detail) = rewrite_for_upstream(&mut request, &target, &scheme) {
         return conn.refuse_malformed(exchange, Malformed::Bad(detail));
     }
     let request = request.map(|body| Metered::up(body, exchange.counters()));
-    match generation.client.request(request).await {
-        Ok(response) => relay_response(exchange, response),
+    match client.request(request).await {
+        Ok(response) => match client_upgrade {
+            Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                relay_upgrade(conn, exchange, upgrade, response)
+            }
+            _ => relay_response(exchange, response),
+        },
         Err(error) => {
             let (reason, address) = match upstream_error(&error) {
                 Some(e) => (e.reason(), e.address()),
@@ -90,7 +123,7 @@ fn http_target(request: &Request<Incoming>) -> Result<HostPort, Malformed> {
 /// A Host header, when present, must name the same host and port as the
 /// target; two Host headers are never acceptable (RFC 9112 §3.2).
 pub(crate) fn check_host_header(
-    headers: &http::HeaderMap,
+    headers: &HeaderMap,
     target: &HostPort,
     default_port: u16,
 ) -> Result<(), Malformed> {
@@ -111,24 +144,57 @@ pub(crate) fn check_host_header(
     }
 }
 
-fn describe_target(exchange: &mut Exchange, target: &HostPort, path: &str) {
+/// `host[:port]`, the port only when it is not the scheme's default: the
+/// Host header we send, and the authority of URLs in refusals.
+fn authority_text(scheme: &Scheme, target: &HostPort) -> String {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    if target.port == default_port {
+        target.host.to_string()
+    } else {
+        target.to_string()
+    }
+}
+
+fn describe_target(exchange: &mut Exchange, target: &HostPort, scheme: &Scheme, path: &str) {
     let record = exchange.record();
-    record.scheme = Some("http");
+    record.scheme = Some(if *scheme == Scheme::HTTPS {
+        "https"
+    } else {
+        "http"
+    });
     record.host = Some(target.host.to_string());
     record.port = Some(target.port);
     record.path = Some(path.to_owned());
 }
 
-/// Origin server view of the request: canonical Host, no hop-by-hop headers,
-/// and the normalised authority in the URI so the pool keys on it.
-fn rewrite_for_upstream(request: &mut Request<Incoming>, target: &HostPort) -> Result<(), String> {
+/// A WebSocket opening handshake (RFC 6455 §4.1): GET with
+/// `Upgrade: websocket`. Other upgrades are not relayed.
+fn wants_websocket(request: &Request<Incoming>) -> bool {
+    request.method() == Method::GET
+        && request
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Origin server view of the request: canonical Host, no hop-by-hop headers
+/// (but the WebSocket upgrade, if that is what was asked), HTTP/1.1, and the
+/// normalised authority in the URI so the pool keys on it.
+fn rewrite_for_upstream(
+    request: &mut Request<Incoming>,
+    target: &HostPort,
+    scheme: &Scheme,
+) -> Result<(), String> {
+    let websocket = wants_websocket(request);
     strip_hop_by_hop(request.headers_mut());
-    let host = if target.port == 80 {
-        target.host.to_string()
-    } else {
-        target.to_string()
-    };
-    let host_value = HeaderValue::from_str(&host).map_err(|e| e.to_string())?;
+    if websocket {
+        let headers = request.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let host_value =
+        HeaderValue::from_str(&authority_text(scheme, target)).map_err(|e| e.to_string())?;
     request.headers_mut().insert(header::HOST, host_value);
     let authority: Authority = target
         .to_string()
@@ -140,24 +206,71 @@ fn rewrite_for_upstream(request: &mut Request<Incoming>, target: &HostPort) -> R
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *request.uri_mut() = Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(scheme.clone())
         .authority(authority)
         .path_and_query(path)
         .build()
         .map_err(|e| e.to_string())?;
+    // An HTTP/2 request from an intercepted client goes upstream as HTTP/1.1.
+    *request.version_mut() = Version::HTTP_11;
     Ok(())
 }
 
 fn relay_response(mut exchange: Exchange, response: Response<Incoming>) -> Response<ProxyBody> {
-    let record = exchange.record();
-    record.status = Some(response.status().as_u16());
-    record.resolved = response.extensions().get::<Dialed>().map(|d| d.0.ip());
-    let (mut parts, body) = response.into_parts();
-    // The upstream's HTTP version describes its hop, not ours.
-    parts.version = http::Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
+    let (parts, body) = note_response(&mut exchange, response);
     let body = Metered::down(body, exchange)
         .map_err(Into::into)
         .boxed_unsync();
     Response::from_parts(parts, body)
+}
+
+/// Answers the client's upgrade with the upstream's 101 and relays the two
+/// upgraded streams; the exchange is recorded when they close.
+fn relay_upgrade(
+    conn: &Conn,
+    mut exchange: Exchange,
+    client_upgrade: OnUpgrade,
+    mut response: Response<Incoming>,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = note_response(&mut exchange, response);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let (idle, stop) = (conn.tunnel_idle_timeout(), conn.stopping());
+    conn.spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client, upstream)) => {
+                let counters = exchange.counters();
+                relay(
+                    TokioIo::new(client),
+                    TokioIo::new(upstream),
+                    counters,
+                    idle,
+                    stop,
+                )
+                .await;
+            }
+            Err(e) => tracing::debug!(id = exchange.id(), "WebSocket upgrade failed: {e}"),
+        }
+    });
+    Response::from_parts(parts, empty())
+}
+
+/// Records status and dialled address; returns the response cleaned of
+/// hop-by-hop headers and restated as our hop's HTTP/1.1.
+fn note_response(
+    exchange: &mut Exchange,
+    response: Response<Incoming>,
+) -> (http::response::Parts, Incoming) {
+    let record = exchange.record();
+    record.status = Some(response.status().as_u16());
+    record.resolved = response.extensions().get::<Dialed>().map(|d| d.0.ip());
+    let (mut parts, body) = response.into_parts();
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    (parts, body)
 }

@@ -10,6 +10,7 @@ mod exchange;
 mod forward;
 pub mod guard;
 pub mod host;
+pub mod intercept;
 pub mod policy;
 pub mod respond;
 pub mod server;
@@ -17,4 +18,5 @@ mod sniff;
 mod tunnel;
 pub mod upstream;
 
+pub use intercept::Interception;
 pub use server::{ListenAddr, Listener, Proxy, ProxyConfig};

@@ -1,6 +1,9 @@
 //! Responses the proxy writes itself: refusals, and the header hygiene
 //! applied to everything it forwards.
 
+use std::time::Duration;
+
+use bytes::Buf;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -55,6 +58,31 @@ pub fn refusal(reason: Reason, refused: &Refused<'_>) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// Bytes of a refused request's body read before answering: a small upload
+/// (a form, a JSON document) finishes, so the client sees the refusal
+/// instead of a reset stream (curl reports an HTTP/2 framing error when the
+/// stream is reset before it finished sending). Larger bodies are cut off.
+const DISCARD_LIMIT: usize = 64 * 1024;
+/// How long a refusal waits for that small body.
+const DISCARD_TIME: Duration = Duration::from_millis(500);
+
+/// Reads and drops up to [`DISCARD_LIMIT`] bytes of a refused request's body.
+pub async fn discard_body<B>(mut body: B)
+where
+    B: http_body::Body + Unpin,
+{
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.remaining());
+            if seen > DISCARD_LIMIT {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 pub fn full(text: String) -> ProxyBody {

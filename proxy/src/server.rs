@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::uri::Scheme;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -29,6 +30,7 @@ use crate::client::{self, UpstreamClient};
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
 use crate::forward::{forward, Malformed};
+use crate::intercept::Interception;
 use crate::policy::Policy;
 use crate::respond::{refusal, ProxyBody, Refused};
 use crate::upstream::DialTimeouts;
@@ -66,6 +68,8 @@ pub struct ProxyConfig {
     pub phase: Option<Arc<str>>,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_grace: Duration,
+    /// TLS interception, when a CA is configured.
+    pub interception: Option<Interception>,
 }
 
 impl Default for ProxyConfig {
@@ -86,6 +90,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             phase: None,
             shutdown_grace: Duration::from_secs(5),
+            interception: None,
         }
     }
 }
@@ -188,12 +193,13 @@ fn bind_unix(path: &Path) -> Result<Listener, ServerError> {
     Ok(Listener::Unix(listener, UnixPath(path.to_owned())))
 }
 
-/// A policy and the upstream client built for it. Requests load the current
+/// A policy and the upstream clients built for it. Requests load the current
 /// generation; a reload swaps it, and connections pooled for the old policy
 /// go when its last request does.
 pub(crate) struct Generation {
     pub policy: Arc<Policy>,
-    pub client: UpstreamClient,
+    http: UpstreamClient,
+    https: Option<UpstreamClient>,
 }
 
 /// The running proxy, shared by every connection.
@@ -235,6 +241,11 @@ impl Proxy {
 
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Whether TLS interception is available (a CA is configured).
+    pub fn intercepts(&self) -> bool {
+        self.config.interception.is_some()
     }
 
     /// Accepts and serves connections until [`Proxy::shutdown`].
@@ -307,9 +318,24 @@ impl Proxy {
 impl Generation {
     fn new(policy: Policy, config: &ProxyConfig) -> Generation {
         let policy = Arc::new(policy);
+        let build = |tls| client::build(policy.clone(), config.dial, config.max_connections, tls);
         Generation {
-            client: client::build(policy.clone(), config.dial, config.max_connections),
+            http: build(None),
+            https: config
+                .interception
+                .as_ref()
+                .map(|i| build(Some(i.upstream_tls.clone()))),
             policy,
+        }
+    }
+
+    /// The client for forwarding requests of `scheme` (HTTPS only with
+    /// interception).
+    pub fn client_for(&self, scheme: &Scheme) -> Option<&UpstreamClient> {
+        if *scheme == Scheme::HTTPS {
+            self.https.as_ref()
+        } else {
+            Some(&self.http)
         }
     }
 }
@@ -391,6 +417,10 @@ impl Conn {
 
     pub(crate) fn generation(&self) -> Arc<Generation> {
         self.proxy.generation.load_full()
+    }
+
+    pub(crate) fn interception(&self) -> Option<&Interception> {
+        self.proxy.config.interception.as_ref()
     }
 
     pub(crate) fn dial_timeouts(&self) -> DialTimeouts {

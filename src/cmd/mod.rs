@@ -1,2 +1,3 @@
+pub mod ca;
 pub mod policy;
 pub mod proxy;

@@ -11,27 +11,33 @@ use tollgate_proxy::policy::Policy;
 use tollgate_proxy::{Listener, Proxy, ProxyConfig};
 
 use crate::cli::ProxyArgs;
+use crate::cmd::ca;
+use crate::state::StateDir;
 
 /// The policy `proxy` enforces without `--policy` (DESIGN.md).
 const DEFAULT_POLICY: &str = "common-dependencies";
 
-pub fn run(args: ProxyArgs) -> Result<ExitCode> {
+pub fn run(args: ProxyArgs, state: &StateDir) -> Result<ExitCode> {
     let policy_arg = args
         .policy
         .clone()
         .unwrap_or_else(|| DEFAULT_POLICY.to_owned());
-    let policy = load_enforceable(&policy_arg)?;
+    let interception = ca::interception(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
+    let policy = load_enforceable(&policy_arg, interception.is_some())?;
     let audit = AuditLog::open(AuditTarget::parse(&args.audit_log))?;
-    let config = config_from(&args);
+    let config = ProxyConfig {
+        interception,
+        ..config_from(&args)
+    };
     raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(serve(args, policy_arg, policy, audit, config))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_enforceable(arg: &str) -> Result<Policy> {
+fn load_enforceable(arg: &str, interception: bool) -> Result<Policy> {
     let policy = Policy::load(arg)?;
-    policy.check_enforceable(false)?;
+    policy.check_enforceable(interception)?;
     Ok(policy)
 }
 
@@ -98,10 +104,11 @@ async fn serve(
 /// Invariant 5: a policy that does not load never replaces the running one.
 fn reload(proxy: &Proxy, policy_arg: &str) {
     proxy.audit().reopen();
-    match load_enforceable(policy_arg) {
+    match load_enforceable(policy_arg, proxy.intercepts()) {
         Ok(policy) => {
-            tracing::info!("reloaded policy {}: {}", policy.origin(), policy.summary());
+            let summary = format!("{}: {}", policy.origin(), policy.summary());
             proxy.replace_policy(policy);
+            tracing::info!("reloaded policy {summary}");
         }
         Err(e) => tracing::error!("policy not reloaded, still enforcing the previous one: {e:#}"),
     }

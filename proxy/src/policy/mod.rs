@@ -48,7 +48,7 @@ pub enum PolicyError {
     Invalid { origin: String, message: String },
     #[error(
         "{origin}: this policy restricts methods or paths, which HTTPS can only enforce \
-         with TLS interception: give the proxy a CA with --ca-dir DIR"
+         with TLS interception: create a CA with `tollgate ca init` or pass --ca-dir DIR"
     )]
     NeedsInterception { origin: String },
     #[error(
@@ -120,6 +120,36 @@ impl Policy {
     /// for HTTPS means terminating TLS.
     pub fn needs_interception(&self) -> bool {
         self.methods.is_some() || self.allow.inspects_requests() || self.deny.inspects_requests()
+    }
+
+    /// Whether a tunnel to `target` must be intercepted for this policy to be
+    /// enforced: something decides on what is inside it (global `methods`, or
+    /// a matching deny or allow rule with methods or paths), and no allow rule
+    /// grants the host and port unconditionally. Everything else stays a
+    /// plain tunnel.
+    pub fn tunnel_needs_interception(&self, target: Target<'_>) -> bool {
+        if self.mode == Mode::Off {
+            return false;
+        }
+        if self.methods.is_some() {
+            return true;
+        }
+        let deny_inspects = self
+            .deny
+            .rules_for(target.host)
+            .any(|rule| rule.inspects_requests() && rule.applies_to_port(target.port));
+        if deny_inspects {
+            return true;
+        }
+        if self.mode == Mode::Unrestricted {
+            return false;
+        }
+        let mut granting = self
+            .allow
+            .rules_for(target.host)
+            .filter(|rule| rule.admits(target.port, None, &self.default_ports).is_ok())
+            .peekable();
+        granting.peek().is_some() && granting.all(Rule::inspects_requests)
     }
 
     /// Decides a plain HTTP request (or one read inside an intercepted tunnel).
@@ -271,10 +301,8 @@ impl Rule {
     /// Checks a deny rule. Without request details (a tunnel), a rule that
     /// names methods or paths cannot apply yet; an ambiguous path is denied.
     fn forbids(&self, port: u16, http: Option<&HttpParts<'_>>) -> bool {
-        if let Some(ports) = &self.ports {
-            if !ports.contains(&port) {
-                return false;
-            }
+        if !self.applies_to_port(port) {
+            return false;
         }
         let Some(request) = http else {
             return self.methods.is_none() && self.paths.is_none();
@@ -292,6 +320,12 @@ impl Rule {
 
     fn inspects_requests(&self) -> bool {
         self.methods.is_some() || self.paths.is_some()
+    }
+
+    fn applies_to_port(&self, port: u16) -> bool {
+        self.ports
+            .as_ref()
+            .is_none_or(|ports| ports.contains(&port))
     }
 }
 
@@ -325,10 +359,15 @@ impl RuleSet {
         }
     }
 
-    fn any_denies(&self, target: Target<'_>, http: Option<&HttpParts<'_>>) -> bool {
-        self.matching(target.host)
+    /// The rules whose host pattern matches, in policy order.
+    fn rules_for(&self, host: &Host) -> impl Iterator<Item = &Rule> {
+        self.matching(host)
             .into_iter()
             .filter_map(|i| self.rules.get(i))
+    }
+
+    fn any_denies(&self, target: Target<'_>, http: Option<&HttpParts<'_>>) -> bool {
+        self.rules_for(target.host)
             .any(|rule| rule.forbids(target.port, http))
     }
 
@@ -339,11 +378,7 @@ impl RuleSet {
         default_ports: &[u16],
     ) -> Verdict {
         let mut furthest: Option<Miss> = None;
-        for rule in self
-            .matching(target.host)
-            .into_iter()
-            .filter_map(|i| self.rules.get(i))
-        {
+        for rule in self.rules_for(target.host) {
             match rule.admits(target.port, http, default_ports) {
                 Ok(()) => return Verdict::Allow(Grant::Rule(rule.name.clone())),
                 Err(miss) => furthest = furthest.max(Some(miss)),

@@ -425,3 +425,50 @@ fn missing_file_and_unknown_builtin_are_clear() {
         "{e}"
     );
 }
+
+fn intercepts(p: &Policy, host: &str, port: u16) -> bool {
+    let host = Host::parse(host).unwrap();
+    p.tunnel_needs_interception(Target { host: &host, port })
+}
+
+#[test]
+fn only_tunnels_whose_decision_depends_on_the_inside_are_intercepted() {
+    let p = policy(
+        r#"
+version: 1
+mode: limited
+allow:
+  - plain.example
+  - host: api.example
+    methods: [GET]
+  - host: both.example
+    paths: ["/public/**"]
+  - both.example
+deny:
+  - host: plain.example
+    ports: [8443]
+    methods: [POST]
+"#,
+    );
+    assert!(!intercepts(&p, "plain.example", 443));
+    // A deny rule that looks inside applies on its port.
+    assert!(intercepts(&p, "plain.example", 8443));
+    assert!(intercepts(&p, "api.example", 443));
+    // An unconditional rule for the host makes interception unnecessary.
+    assert!(!intercepts(&p, "both.example", 443));
+    // Denied anyway: nothing to look inside.
+    assert!(!intercepts(&p, "unknown.example", 443));
+}
+
+#[test]
+fn global_methods_and_inspecting_deny_rules_intercept_in_unrestricted_mode() {
+    let p = policy("version: 1\nmode: unrestricted\nmethods: [GET]\n");
+    assert!(intercepts(&p, "any.example", 443));
+    let p = policy(
+        "version: 1\nmode: unrestricted\ndeny:\n  - host: api.example\n    methods: [POST]\n",
+    );
+    assert!(intercepts(&p, "api.example", 443));
+    assert!(!intercepts(&p, "other.example", 443));
+    let p = policy("version: 1\nmode: off\nmethods: [GET]\n");
+    assert!(!intercepts(&p, "any.example", 443));
+}

@@ -1,0 +1,176 @@
+//! TLS interception: terminate the client's TLS inside a CONNECT tunnel with
+//! a certificate from our CA, then decide every request read inside on
+//! method, host, port and path and forward the allowed ones upstream over
+//! TLS verified against the system roots and `--upstream-ca`.
+//!
+//! The tunnel is decided on its host and port first (connect.rs); only
+//! tunnels whose decision depends on what is inside get here.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::uri::Scheme;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio_rustls::LazyConfigAcceptor;
+use tollgate_certs::{CertificateAuthority, LeafName};
+
+use crate::audit::Kind;
+use crate::decision::{Decision, Reason};
+use crate::exchange::{Counted, Exchange};
+use crate::forward::{check_host_header, deliver, Malformed};
+use crate::host::{Host, HostPort};
+use crate::respond::{discard_body, ProxyBody};
+use crate::server::Conn;
+
+/// What interception needs: a CA to present leaves for intercepted hosts,
+/// and the trust anchors for verifying upstream servers.
+#[derive(Clone)]
+pub struct Interception {
+    pub authority: Arc<dyn CertificateAuthority>,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for Interception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Interception")
+    }
+}
+
+/// Serves an intercepted tunnel until the client closes it. `exchange` is
+/// the CONNECT's record; each request inside gets a `mitm` record.
+pub(crate) async fn serve(
+    conn: Arc<Conn>,
+    mut exchange: Exchange,
+    upgraded: Upgraded,
+    target: HostPort,
+    authority: Arc<dyn CertificateAuthority>,
+) {
+    let client = Counted::new(TokioIo::new(upgraded), exchange.counters());
+    let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
+    let hello = match tokio::time::timeout(conn.first_byte_timeout(), accept).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            tracing::info!(
+                id = exchange.id(),
+                "CONNECT {target}: not a TLS ClientHello: {e}"
+            );
+            exchange.decide(&Decision::refuse(Reason::BadRequest));
+            return;
+        }
+        Err(_) => return,
+    };
+    if !sni_names_target(hello.client_hello().server_name(), &target) {
+        exchange.decide(&Decision::refuse(Reason::SniMismatch));
+        return;
+    }
+    let config = match authority.server_config(&leaf_name(&target.host)) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(
+                id = exchange.id(),
+                "cannot mint a certificate for {target}: {e}"
+            );
+            return;
+        }
+    };
+    let tls = match hello.into_stream(config).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::info!(
+                id = exchange.id(),
+                "TLS with the client for {target} failed: {e}"
+            );
+            return;
+        }
+    };
+    exchange.record().scheme = Some("https");
+    serve_requests(conn, TokioIo::new(tls), target).await;
+}
+
+/// HTTP/1.1 or HTTP/2 (by ALPN) over the client's TLS.
+async fn serve_requests<I>(conn: Arc<Conn>, io: I, target: HostPort)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let stop = conn.stopping();
+    let header_timeout = conn.first_byte_timeout();
+    let service = service_fn(move |request| {
+        let (conn, target) = (conn.clone(), target.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(&conn, request, target).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let serving = builder.serve_connection_with_upgrades(io, service);
+    tokio::select! {
+        result = serving => {
+            if let Err(e) = result {
+                tracing::debug!("intercepted connection ended: {e}");
+            }
+        }
+        () = stop.cancelled() => {}
+    }
+}
+
+/// One request inside the tunnel: its authority must be the CONNECT host
+/// (invariant 4), then it is decided and delivered like any other.
+async fn handle(conn: &Conn, request: Request<Incoming>, target: HostPort) -> Response<ProxyBody> {
+    let mut exchange = conn.begin(Kind::Mitm);
+    exchange.record().method = Some(request.method().to_string());
+    if request.method() == Method::CONNECT {
+        let refused = Malformed::Bad("CONNECT inside an intercepted tunnel".into());
+        return conn.refuse_malformed(exchange, refused);
+    }
+    if let Err(malformed) = check_authority(&request, &target) {
+        discard_body(request.into_body()).await;
+        return conn.refuse_malformed(exchange, malformed);
+    }
+    deliver(conn, exchange, request, target, Scheme::HTTPS).await
+}
+
+/// The request's own authority — the URI's (HTTP/2 `:authority`, or an
+/// absolute-form target) and the Host header — must name the CONNECT host.
+fn check_authority(request: &Request<Incoming>, target: &HostPort) -> Result<(), Malformed> {
+    if let Some(authority) = request.uri().authority() {
+        match HostPort::from_authority(authority, 443) {
+            Ok(named) if named == *target => {}
+            _ => return Err(Malformed::HostMismatch),
+        }
+    }
+    check_host_header(request.headers(), target, 443)
+}
+
+/// An SNI, when the client sends one, must name the CONNECT host.
+fn sni_names_target(server_name: Option<&str>, target: &HostPort) -> bool {
+    server_name.is_none_or(|name| Host::parse(name).is_ok_and(|host| host == target.host))
+}
+
+fn leaf_name(host: &Host) -> LeafName {
+    match host {
+        Host::Name(name) => LeafName::Dns(name.as_str().to_owned()),
+        Host::Ip(ip) => LeafName::Ip(*ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_must_be_absent_or_the_connect_host() {
+        let target = HostPort::parse("api.example.com:443", 443).unwrap();
+        assert!(sni_names_target(None, &target));
+        assert!(sni_names_target(Some("api.example.com"), &target));
+        assert!(sni_names_target(Some("API.example.com."), &target));
+        assert!(!sni_names_target(Some("evil.example"), &target));
+        assert!(!sni_names_target(Some(""), &target));
+    }
+}

@@ -1,0 +1,34 @@
+//! The state directory (DESIGN.md "Commands"): holds the CA and the cache.
+
+use std::path::{Path, PathBuf};
+
+/// Where tollgate keeps state; nothing is created until a command needs it.
+#[derive(Debug, Clone)]
+pub struct StateDir(PathBuf);
+
+impl StateDir {
+    /// `--state-dir` / `TOLLGATE_STATE_DIR`, else /var/lib/tollgate as root,
+    /// else $XDG_STATE_HOME/tollgate, else ~/.local/state/tollgate.
+    pub fn new(explicit: Option<PathBuf>) -> StateDir {
+        StateDir(explicit.unwrap_or_else(default_state_dir))
+    }
+
+    /// The default CA directory.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.0.join("certs")
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/tollgate");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("tollgate-{}", nix::unistd::geteuid()))
+        });
+    base.join("tollgate")
+}

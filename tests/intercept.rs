@@ -1,0 +1,562 @@
+//! TLS interception end to end: the real binary with a CA made by
+//! `tollgate ca init`, real curl (HTTP/1.1 and HTTP/2) and a Rust client,
+//! and HTTPS upstreams on 127.0.0.1 whose certificates come from a test CA
+//! given to the proxy with --upstream-ca. Nothing leaves 127.0.0.1.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+struct Ca {
+    dir: Scratch,
+}
+
+impl Ca {
+    fn init() -> Ca {
+        let dir = Scratch::new("ca");
+        let out = Command::new(BIN)
+            .args(["ca", "init", "--dir"])
+            .arg(dir.path("ca"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ca { dir }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.path("ca")
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir().join("ca.crt")
+    }
+}
+
+fn policy_for(port: u16) -> String {
+    format!(
+        r#"version: 1
+mode: limited
+allow:
+  - host: allowed.test
+    methods: [GET, HEAD]
+    paths: ["/public/**"]
+    ports: [{port}]
+  - host: 127.0.0.1
+    methods: [GET]
+    ports: [{port}]
+  - host: plain.test
+    ports: [{port}]
+hosts: {{allowed.test: 127.0.0.1, plain.test: 127.0.0.1, other.test: 127.0.0.1}}
+allow_internal: [127.0.0.1/32]
+"#
+    )
+}
+
+fn intercepting_proxy(ca: &Ca, upstream: &TlsUpstream) -> Proxy {
+    Proxy::start(
+        &policy_for(upstream.port()),
+        &[
+            "--ca-dir",
+            ca.dir().to_str().unwrap(),
+            "--upstream-ca",
+            upstream.ca_pem.to_str().unwrap(),
+        ],
+    )
+}
+
+fn https(ca: &Ca, proxy: &Proxy, version: &str, extra: &[&str], url: &str) -> CurlResult {
+    let mut args = vec![
+        version,
+        "--cacert",
+        ca.cert().to_str().unwrap().to_owned().leak(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl_via(proxy, &args)
+}
+
+#[test]
+fn get_is_allowed_and_other_methods_refused_over_http1_and_http2() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let url = format!("https://allowed.test:{}/public/pkg", upstream.port());
+    for version in ["--http1.1", "--http2"] {
+        let r = https(&ca, &proxy, version, &[], &url);
+        assert_eq!(r.status, 200, "{version}: {r:?}");
+        assert!(
+            r.body.starts_with("upstream saw GET /public/pkg"),
+            "{}",
+            r.body
+        );
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            let r = https(
+                &ca,
+                &proxy,
+                version,
+                &["-X", method, "-d", "secret=1"],
+                &url,
+            );
+            assert_eq!(r.status, 403, "{version} {method}: {r:?}");
+            assert_eq!(
+                r.header("x-tollgate-reason").as_deref(),
+                Some("method-not-allowed")
+            );
+            assert!(
+                r.body
+                    .starts_with(&format!("tollgate: blocked {method} https://allowed.test:")),
+                "{}",
+                r.body
+            );
+        }
+    }
+    assert_eq!(
+        upstream.hits(),
+        2,
+        "refused requests must not reach upstream"
+    );
+    // Ten curl runs: ten CONNECT records and ten intercepted requests.
+    let records = proxy.audit(20);
+    let mitm: Vec<_> = records.iter().filter(|r| r["kind"] == "mitm").collect();
+    assert_eq!(mitm.len(), 10, "{records:#?}");
+    assert!(mitm
+        .iter()
+        .all(|r| r["path"] == "/public/pkg" && r["scheme"] == "https"));
+    let text = std::fs::read_to_string(&proxy.audit_path).unwrap();
+    assert!(!text.contains("secret"), "a body reached the audit log");
+}
+
+#[test]
+fn path_rules_apply_inside_https() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let base = format!("https://allowed.test:{}", upstream.port());
+    let r = https(&ca, &proxy, "--http1.1", &[], &format!("{base}/public/a/b"));
+    assert_eq!(r.status, 200);
+    for path in ["/private", "/public/../private", "/publicity"] {
+        let r = https(
+            &ca,
+            &proxy,
+            "--http2",
+            &["--path-as-is"],
+            &format!("{base}{path}"),
+        );
+        assert_eq!(r.status, 403, "{path}");
+        assert_eq!(
+            r.header("x-tollgate-reason").as_deref(),
+            Some("path-not-allowed")
+        );
+    }
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[test]
+fn host_header_and_authority_must_name_the_connect_host() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test", "other.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let url = format!("https://allowed.test:{}/public/x", upstream.port());
+    let host = format!("Host: other.test:{}", upstream.port());
+    // curl sends the Host header as :authority over HTTP/2.
+    for version in ["--http1.1", "--http2"] {
+        let r = https(&ca, &proxy, version, &["-H", &host], &url);
+        assert_eq!(r.status, 403, "{version}: {r:?}");
+        assert_eq!(
+            r.header("x-tollgate-reason").as_deref(),
+            Some("host-mismatch")
+        );
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn the_leaf_names_the_host_and_chains_to_our_ca() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    // A client that trusts only our CA completes the handshake for the
+    // CONNECT host, and refuses it for any other name.
+    let ok = handshake_via(
+        &proxy,
+        "allowed.test",
+        upstream.port(),
+        "allowed.test",
+        &ca.cert(),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    // The upstream's own certificate is not what the client saw.
+    let r = curl_via(
+        &proxy,
+        &[
+            "--cacert",
+            upstream.ca_pem.to_str().unwrap(),
+            &format!("https://allowed.test:{}/public/", upstream.port()),
+        ],
+    );
+    assert_ne!(
+        r.status, 200,
+        "client saw the upstream certificate: not intercepted"
+    );
+}
+
+#[test]
+fn an_upstream_with_an_untrusted_certificate_is_refused() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    // No --upstream-ca: the upstream's self-signed certificate is untrusted.
+    let proxy = Proxy::start(
+        &policy_for(upstream.port()),
+        &["--ca-dir", ca.dir().to_str().unwrap()],
+    );
+    let url = format!("https://allowed.test:{}/public/x", upstream.port());
+    let r = https(&ca, &proxy, "--http1.1", &[], &url);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        r.header("x-tollgate-reason").as_deref(),
+        Some("upstream-failed")
+    );
+    assert_eq!(upstream.hits(), 0);
+    let mitm = proxy
+        .audit(2)
+        .into_iter()
+        .find(|r| r["kind"] == "mitm")
+        .expect("a mitm record");
+    assert_eq!(mitm["reason"], "upstream-failed");
+}
+
+#[test]
+fn ip_literal_hosts_are_intercepted_with_an_ip_certificate() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["127.0.0.1"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let url = format!("https://127.0.0.1:{}/x", upstream.port());
+    let r = https(&ca, &proxy, "--http1.1", &[], &url);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = https(&ca, &proxy, "--http1.1", &["-X", "DELETE"], &url);
+    assert_eq!(
+        r.header("x-tollgate-reason").as_deref(),
+        Some("method-not-allowed")
+    );
+}
+
+#[test]
+fn hosts_without_method_or_path_rules_stay_plain_tunnels() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["plain.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    // The client trusts only the upstream's certificate: it works, so the
+    // proxy did not terminate TLS.
+    let url = format!("https://plain.test:{}/anything", upstream.port());
+    let r = curl_via(
+        &proxy,
+        &[
+            "-X",
+            "POST",
+            "--cacert",
+            upstream.ca_pem.to_str().unwrap(),
+            &url,
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["decision"], "allow");
+}
+
+#[test]
+fn websocket_upgrades_work_through_an_intercepted_tunnel() {
+    let ca = Ca::init();
+    let upstream = WebSocketEcho::start("allowed.test");
+    let proxy = Proxy::start(
+        &policy_for(upstream.port),
+        &[
+            "--ca-dir",
+            ca.dir().to_str().unwrap(),
+            "--upstream-ca",
+            upstream.ca_pem.to_str().unwrap(),
+        ],
+    );
+    let echoed = websocket_echo_via(
+        &proxy,
+        upstream.port,
+        &ca.cert(),
+        b"hello through the tunnel",
+    );
+    assert_eq!(echoed.as_deref(), Ok(&b"hello through the tunnel"[..]));
+    let mitm = proxy
+        .audit(2)
+        .into_iter()
+        .find(|r| r["kind"] == "mitm")
+        .expect("a mitm record");
+    assert_eq!(mitm["status"], 101);
+    assert!(mitm["bytes_up"].as_u64().unwrap() >= 24, "{mitm}");
+}
+
+#[test]
+fn ca_init_writes_private_files_and_refuses_to_overwrite() {
+    let ca = Ca::init();
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&ca.dir().join("ca.key")), 0o600);
+    let before = std::fs::read(ca.dir().join("ca.key")).unwrap();
+    let out = Command::new(BIN)
+        .args(["ca", "init", "--dir"])
+        .arg(ca.dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(std::fs::read(ca.dir().join("ca.key")).unwrap(), before);
+}
+
+#[test]
+fn bad_ca_files_are_refused_with_one_clear_line() {
+    let policy = policy_for(443);
+    type Spoil = fn(&Path);
+    let cases: [(&str, Spoil); 4] = [
+        ("chmod 600", |dir| {
+            std::fs::set_permissions(
+                dir.join("ca.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )
+            .unwrap()
+        }),
+        ("ca.crt", |dir| {
+            std::fs::write(dir.join("ca.crt"), "garbage").unwrap()
+        }),
+        ("ca.key", |dir| {
+            std::fs::write(
+                dir.join("ca.key"),
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            )
+            .unwrap()
+        }),
+        ("tollgate ca init", |dir| {
+            std::fs::remove_file(dir.join("ca.crt")).unwrap()
+        }),
+    ];
+    for (expected, spoil) in cases {
+        let ca = Ca::init();
+        spoil(&ca.dir());
+        let scratch = Scratch::new("badca");
+        let policy_path = scratch.write("p.yaml", &policy);
+        let out = Command::new(BIN)
+            .args(["proxy", "--listen", "127.0.0.1:0", "--policy"])
+            .arg(&policy_path)
+            .arg("--ca-dir")
+            .arg(ca.dir())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{expected}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
+/// TLS handshake through a CONNECT with a client trusting only `root`.
+fn handshake_via(
+    proxy: &Proxy,
+    host: &str,
+    port: u16,
+    sni: &str,
+    root: &Path,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = connect_tunnel(proxy, host, port).await;
+        let connector = tls_connector(root);
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        connector
+            .connect(name, stream)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+async fn connect_tunnel(proxy: &Proxy, host: &str, port: u16) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+    stream.write_all(connect.as_bytes()).await.unwrap();
+    let mut head = [0u8; 512];
+    let n = stream.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    stream
+}
+
+fn tls_connector(root: &Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read_to_string(root).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+    roots.add(der).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Opens a WebSocket through the proxy (CONNECT, TLS to our CA, Upgrade),
+/// sends `message` as raw bytes after the 101 and returns what came back.
+fn websocket_echo_via(
+    proxy: &Proxy,
+    port: u16,
+    root: &Path,
+    message: &[u8],
+) -> Result<Vec<u8>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = connect_tunnel(proxy, "allowed.test", port).await;
+        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+        let mut tls = tls_connector(root).connect(name, stream).await.map_err(|e| e.to_string())?;
+        let upgrade = format!(
+            "GET /public/ws HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tls.write_all(upgrade.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tls.read(&mut byte).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!("closed after {}", String::from_utf8_lossy(&head)));
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(head);
+        }
+        tls.write_all(message).await.map_err(|e| e.to_string())?;
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut echoed))
+            .await
+            .map_err(|_| "no echo".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(echoed)
+    })
+}
+
+/// An HTTPS server that accepts any WebSocket upgrade and echoes raw bytes.
+struct WebSocketEcho {
+    port: u16,
+    ca_pem: PathBuf,
+    _scratch: Scratch,
+}
+
+impl WebSocketEcho {
+    fn start(name: &str) -> WebSocketEcho {
+        let key = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let scratch = Scratch::new("ws");
+        let ca_pem = scratch.write("ws.pem", &key.cert.pem());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = Arc::new(config);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let Ok(connection) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut tls = rustls::StreamOwned::new(connection, &mut stream);
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let _ = tls.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = tls.read(&mut buf) {
+                        if n == 0 || tls.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        WebSocketEcho {
+            port,
+            ca_pem,
+            _scratch: scratch,
+        }
+    }
+}
+
+#[test]
+fn a_raw_client_cannot_skip_tls_inside_an_intercepted_tunnel() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    write!(
+        stream,
+        "CONNECT allowed.test:{} HTTP/1.1\r\n\r\n",
+        upstream.port()
+    )
+    .unwrap();
+    let mut head = [0u8; 256];
+    let n = stream.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    // Plain HTTP inside a tunnel that must be intercepted: no TLS, no service.
+    write!(
+        stream,
+        "POST /private HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert_eq!(upstream.hits(), 0);
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["reason"], "bad-request");
+}
