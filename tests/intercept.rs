@@ -560,3 +560,45 @@ fn a_raw_client_cannot_skip_tls_inside_an_intercepted_tunnel() {
     assert_eq!(record["kind"], "connect");
     assert_eq!(record["reason"], "bad-request");
 }
+
+#[test]
+fn idle_intercepted_connections_are_closed() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = Proxy::start(
+        &policy_for(upstream.port()),
+        &[
+            "--ca-dir",
+            ca.dir().to_str().unwrap(),
+            "--upstream-ca",
+            upstream.ca_pem.to_str().unwrap(),
+            "--tunnel-idle-timeout",
+            "1",
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed_after = runtime.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let stream = connect_tunnel(&proxy, "allowed.test", upstream.port()).await;
+        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+        let mut tls = tls_connector(&ca.cert())
+            .connect(name, stream)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "idle intercepted connection still open after 5 s"
+        );
+        started.elapsed()
+    });
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed too early: {closed_after:?}"
+    );
+}

@@ -21,11 +21,12 @@ use tollgate_certs::{CertificateAuthority, LeafName};
 
 use crate::audit::Kind;
 use crate::decision::{Decision, Reason};
-use crate::exchange::{Counted, Exchange};
+use crate::exchange::{Direction, Exchange};
 use crate::forward::{check_host_header, deliver, Malformed};
 use crate::host::{Host, HostPort};
 use crate::respond::{discard_body, ProxyBody};
 use crate::server::Conn;
+use crate::tunnel::{ActivityClock, Watched};
 
 /// What interception needs: a CA to present leaves for intercepted hosts,
 /// and the trust anchors for verifying upstream servers.
@@ -50,7 +51,14 @@ pub(crate) async fn serve(
     target: HostPort,
     authority: Arc<dyn CertificateAuthority>,
 ) {
-    let client = Counted::new(TokioIo::new(upgraded), exchange.counters());
+    let clock = Arc::new(ActivityClock::new());
+    let client = Watched::new(
+        TokioIo::new(upgraded),
+        exchange.counters(),
+        Direction::Up,
+        Some(Direction::Down),
+        clock.clone(),
+    );
     let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
     let hello = match tokio::time::timeout(conn.first_byte_timeout(), accept).await {
         Ok(Ok(hello)) => hello,
@@ -89,7 +97,11 @@ pub(crate) async fn serve(
         }
     };
     exchange.record().scheme = Some("https");
-    serve_requests(conn, TokioIo::new(tls), target).await;
+    let idle = conn.tunnel_idle_timeout();
+    tokio::select! {
+        () = serve_requests(conn, TokioIo::new(tls), target) => {}
+        () = clock.idle_for(idle) => tracing::debug!(id = exchange.id(), "intercepted tunnel idle"),
+    }
 }
 
 /// HTTP/1.1 or HTTP/2 (by ALPN) over the client's TLS.
