@@ -634,6 +634,28 @@ fn connection_limit_holds_further_clients_until_a_slot_frees() {
 }
 
 #[test]
+fn pooled_upstream_connections_stay_within_the_budget() {
+    let upstream = Upstream::start();
+    let hosts: Vec<String> = (1..=6).map(|i| format!("h{i}.test")).collect();
+    let policy = format!(
+        "version: 1\nmode: limited\nallow:\n  - host: \"*.test\"\n    ports: [{p}]\nhosts: {{{}}}\nallow_internal: [127.0.0.1/32]\n",
+        hosts.iter().map(|h| format!("{h}: 127.0.0.1")).collect::<Vec<_>>().join(", "),
+        p = upstream.port()
+    );
+    let proxy = Proxy::start(&policy, &["--max-connections", "2"]);
+    for host in &hosts {
+        let r = curl_via(&proxy, &[&format!("http://{host}:{}/", upstream.port())]);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let open = upstream.open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        open <= 2,
+        "{open} idle upstream connections kept for 6 hosts with a budget of 2"
+    );
+}
+
+#[test]
 fn a_policy_that_needs_interception_does_not_start_without_a_ca() {
     let scratch = Scratch::new("nointercept");
     let policy = scratch.write("p.yaml", "version: 1\nmode: unrestricted\nmethods: [GET]\n");

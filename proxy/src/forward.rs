@@ -13,7 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::Kind;
-use crate::client::{upstream_error, Dialed};
+use crate::client::{error_chain, upstream_error, Dialed};
 use crate::decision::{Decision, Reason};
 use crate::exchange::{Exchange, Metered};
 use crate::host::HostPort;
@@ -80,6 +80,13 @@ pub(crate) async fn deliver(
     if let Err(detail) = rewrite_for_upstream(&mut request, &target, &scheme) {
         return conn.refuse_malformed(exchange, Malformed::Bad(detail));
     }
+    if client_upgrade.is_none() && generation.upstream_budget_spent() {
+        // Not pooled: hyper does not keep a connection whose request said
+        // `close` (poisoning it after the response would be too late: a
+        // small response returns it to the pool before we see it).
+        let close = HeaderValue::from_static("close");
+        request.headers_mut().insert(header::CONNECTION, close);
+    }
     let request = request.map(|body| Metered::up(body, exchange.counters()));
     match client.request(request).await {
         Ok(response) => match client_upgrade {
@@ -93,7 +100,7 @@ pub(crate) async fn deliver(
                 Some(e) => (e.reason(), e.address()),
                 None => (Reason::UpstreamFailed, None),
             };
-            tracing::info!(id = exchange.id(), "{described}: {error:#}");
+            tracing::info!(id = exchange.id(), "{described}: {}", error_chain(&error));
             exchange.record().resolved = address;
             conn.refuse(exchange, &Decision::refuse(reason), &described)
         }

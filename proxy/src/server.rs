@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditLog, Kind};
-use crate::client::{self, UpstreamClient};
+use crate::client::{self, OpenUpstreams, UpstreamClient};
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
 use crate::forward::{forward, Malformed};
@@ -200,11 +200,13 @@ pub(crate) struct Generation {
     pub policy: Arc<Policy>,
     http: UpstreamClient,
     https: Option<UpstreamClient>,
+    upstream: Arc<OpenUpstreams>,
 }
 
 /// The running proxy, shared by every connection.
 pub struct Proxy {
     generation: ArcSwap<Generation>,
+    upstream: Arc<OpenUpstreams>,
     audit: AuditLog,
     config: ProxyConfig,
     permits: Arc<Semaphore>,
@@ -217,9 +219,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(policy: Policy, audit: AuditLog, config: ProxyConfig) -> Arc<Proxy> {
-        let generation = Generation::new(policy, &config);
+        let upstream = Arc::new(OpenUpstreams::new(config.max_connections));
+        let generation = Generation::new(policy, &config, &upstream);
         Arc::new(Proxy {
             generation: ArcSwap::from_pointee(generation),
+            upstream,
             audit,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -235,8 +239,11 @@ impl Proxy {
 
     /// Enforces `policy` from the next request on.
     pub fn replace_policy(&self, policy: Policy) {
-        self.generation
-            .store(Arc::new(Generation::new(policy, &self.config)));
+        self.generation.store(Arc::new(Generation::new(
+            policy,
+            &self.config,
+            &self.upstream,
+        )));
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -253,9 +260,12 @@ impl Proxy {
         match listener {
             Listener::Tcp(l) => {
                 self.accept_loop(|| async {
-                    l.accept()
-                        .await
-                        .map(|(s, peer)| (s, Arc::<str>::from(peer.to_string())))
+                    let (stream, peer) = l.accept().await?;
+                    // Without it, a TLS flight written in several pieces (rustls
+                    // writes ServerHello and the encrypted handshake apart) waits
+                    // for the client's delayed ACK: 40 ms per intercepted handshake.
+                    stream.set_nodelay(true)?;
+                    Ok((stream, Arc::<str>::from(peer.to_string())))
                 })
                 .await
             }
@@ -316,17 +326,32 @@ impl Proxy {
 }
 
 impl Generation {
-    fn new(policy: Policy, config: &ProxyConfig) -> Generation {
+    fn new(policy: Policy, config: &ProxyConfig, upstream: &Arc<OpenUpstreams>) -> Generation {
         let policy = Arc::new(policy);
-        let build = |tls| client::build(policy.clone(), config.dial, config.max_connections, tls);
+        let build = |tls| {
+            client::build(
+                policy.clone(),
+                config.dial,
+                config.max_connections,
+                tls,
+                upstream.clone(),
+            )
+        };
         Generation {
             http: build(None),
             https: config
                 .interception
                 .as_ref()
                 .map(|i| build(Some(i.upstream_tls.clone()))),
+            upstream: upstream.clone(),
             policy,
         }
+    }
+
+    /// Whether upstream connections should be closed after use instead of
+    /// pooled, because as many are open as the budget allows.
+    pub fn upstream_budget_spent(&self) -> bool {
+        self.upstream.spent()
     }
 
     /// The client for forwarding requests of `scheme` (HTTPS only with

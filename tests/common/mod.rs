@@ -214,6 +214,8 @@ pub fn read_audit(path: &Path) -> Vec<Value> {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections open right now.
+    pub open: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<String>>>,
     _runtime: tokio::runtime::Runtime,
 }
@@ -230,14 +232,16 @@ impl Upstream {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (h, s) = (hits.clone(), seen.clone());
+        let (h, s, o) = (hits.clone(), seen.clone(), open.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (h, s) = (h.clone(), s.clone());
+                let (h, s, o) = (h.clone(), s.clone(), o.clone());
+                o.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (h, s) = (h.clone(), s.clone());
@@ -247,12 +251,14 @@ impl Upstream {
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;
+                    o.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         Upstream {
             addr,
             hits,
+            open,
             seen,
             _runtime: runtime,
         }
