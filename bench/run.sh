@@ -5,9 +5,10 @@
 #   bash bench/run.sh                      # as root on Debian 12
 #   BENCH_LARGE_MB=256 BENCH_SECONDS=5 bash bench/run.sh   # quick run
 #
-# Every address used here is 127.0.0.1 (or "localhost"); nothing leaves the
-# machine. Sections are functions; to add one (TLS interception rate, sandbox
-# start-up vs bubblewrap, cache resume, ...), write a function that fills
+# Every address used here is 127.0.0.1 (or "localhost", or a *.bench.test
+# name that tollgate's policy maps to 127.0.0.1); nothing leaves the machine.
+# Sections are functions; to add one (sandbox start-up vs bubblewrap, cache
+# resume, ...), write a function that fills
 # RES[metric/target] for metrics declared with def_metric, and call it from
 # main().
 set -euo pipefail
@@ -26,17 +27,30 @@ SKIP_BUILD=${BENCH_SKIP_BUILD:-0}        # 1 = use the existing binary
 TOLLGATE_BIN=${BENCH_TOLLGATE_BIN:-$REPO/target/release/tollgate}
 KEEP_TMP=${BENCH_KEEP_TMP:-0}            # 1 = keep the temp dir (configs, logs)
 SMALL_BYTES=512
+# TLS interception section (see README, "TLS interception")
+TLS_ON=${BENCH_TLS:-1}                   # 0 = skip the section
+TLS_REQUESTS=${BENCH_TLS_REQUESTS:-3000} # small HTTPS GETs per curl run
+TLS_PARALLEL=${BENCH_TLS_PARALLEL:-16}   # curl --parallel-max (kept-alive connections)
+TLS_MINT_HOSTS=${BENCH_TLS_MINT_HOSTS:-20}  # fresh names for the handshake test
+TLS_HOSTS=${BENCH_TLS_HOSTS:-10000}      # distinct names for the memory test
 
 HOST=127.0.0.1
 UP_HTTP=18080
 UP_TLS=18443
+UP_TLS_CLOSE=18444                       # same over TLS, but no keep-alive
 declare -A PORT=([tollgate]=13128 [squid]=13129 [tinyproxy]=13130)
+# intercepting tollgate instances (TLS section): rate and handshakes, and one
+# fresh instance per memory run
+declare -A TLS_PORT=([mitm]=13131 [mem_keepalive]=13132 [mem_close]=13133)
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct tollgate squid tinyproxy}"
 
-for v in LARGE_MB REPEAT DURATION WARMUP WRK_THREADS WRK_CONNS; do
+for v in LARGE_MB REPEAT DURATION WARMUP WRK_THREADS WRK_CONNS \
+         TLS_ON TLS_REQUESTS TLS_PARALLEL TLS_MINT_HOSTS TLS_HOSTS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number, got '${!v}'" >&2; exit 2; }
 done
 ((LARGE_MB > 0 && REPEAT > 0 && DURATION > 0)) || { echo "bench: sizes/counts must be > 0" >&2; exit 2; }
+((TLS_REQUESTS > 0 && TLS_PARALLEL > 0 && TLS_MINT_HOSTS > 0 && TLS_HOSTS > 0)) \
+    || { echo "bench: BENCH_TLS_* counts must be > 0" >&2; exit 2; }
 
 # Never use an ambient proxy. Note: no_proxy is unset rather than set, because
 # curl applies no_proxy even to an explicit --proxy, which would silently turn
@@ -55,6 +69,9 @@ declare -A RES=()        # "metric/target" -> number ("" = failed / n/a)
 declare -a NOTES=()
 declare -a METRICS=()
 declare -A MLABEL=() MFMT=() MTABLE=()
+TLS_DOWN=""              # why the TLS interception section has no numbers
+TLS_CA=""                # the intercepting tollgate's CA certificate
+declare -A TLSR=()       # TLS interception results ("" = failed / n/a)
 
 # def_metric KEY LABEL PRINTF-FORMAT IN-TABLE(1|0)
 def_metric() { METRICS+=("$1"); MLABEL[$1]=$2; MFMT[$1]=$3; MTABLE[$1]=$4; }
@@ -62,11 +79,13 @@ def_metric() { METRICS+=("$1"); MLABEL[$1]=$2; MFMT[$1]=$3; MTABLE[$1]=$4; }
 def_metric plain_http_mbps  "plain HTTP GET /large (MB/s)"  "%.1f" 1
 def_metric connect_mbps     "CONNECT+TLS GET /large (MB/s)" "%.1f" 1
 def_metric small_rps        "small GETs, keep-alive (req/s)" "%.0f" 1
+def_metric tls_small_rps    "small HTTPS GETs, curl (req/s)" "%.0f" 1
 def_metric rss_hwm_mib      "peak RSS, VmHWM (MiB)"         "%.1f" 1
 def_metric rss_idle_mib     "RSS at start (MiB)"            "%.1f" 0
 def_metric small_p50_ms     "small GET latency p50 (ms)"    "%.3f" 0
 def_metric small_p99_ms     "small GET latency p99 (ms)"    "%.3f" 0
 def_metric small_sock_errs  "wrk socket errors"             "%.0f" 0
+def_metric tls_small_conns  "curl connections, HTTPS GETs"  "%.0f" 0
 
 log()  { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 warn() { printf '[bench %s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2; NOTES+=("$*"); }
@@ -196,8 +215,14 @@ start_upstream() {
     chmod 0644 "$d/www/large" "$d/www/small"
     LARGE_BYTES=$(stat -c %s "$d/www/large")
 
+    # *.bench.test: the names the TLS section sends through the intercepting
+    # tollgate, which verifies nginx for them. CA:FALSE: rustls (webpki), which
+    # tollgate uses upstream, refuses a CA certificate as a server's own
+    # certificate, and openssl marks a self-signed one CA:TRUE by default.
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -days 2 -subj "/CN=$HOST" -addext "subjectAltName=IP:$HOST,DNS:localhost" \
+        -days 2 -subj "/CN=$HOST" \
+        -addext "subjectAltName=IP:$HOST,DNS:localhost,DNS:*.bench.test" \
+        -addext "basicConstraints=critical,CA:FALSE" \
         -keyout "$d/key.pem" -out "$d/cert.pem" >/dev/null 2>&1 \
         || die "openssl could not make the self-signed certificate"
     CA_CERT=$d/cert.pem
@@ -231,19 +256,27 @@ http {
         ssl_session_cache shared:SSL:1m;
         root $d/www;
     }
+    server {
+        listen $HOST:$UP_TLS_CLOSE ssl;
+        ssl_certificate $d/cert.pem;
+        ssl_certificate_key $d/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_timeout 0;
+        root $d/www;
+    }
 }
 EOF
     local p
-    for p in "$UP_HTTP" "$UP_TLS"; do
+    for p in "$UP_HTTP" "$UP_TLS" "$UP_TLS_CLOSE"; do
         ! port_open "$p" || die "port $HOST:$p is already in use; stop whatever listens there"
     done
     nginx -t -q -p "$d" -e "$d/error.log" -c "$d/nginx.conf" || die "nginx rejected $d/nginx.conf"
     spawn nginx "$d/stdout.log" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
-    if ! wait_port nginx "$UP_HTTP" || ! wait_port nginx "$UP_TLS"; then
+    if ! wait_port nginx "$UP_HTTP" || ! wait_port nginx "$UP_TLS" || ! wait_port nginx "$UP_TLS_CLOSE"; then
         log_tail "$d/error.log"
         die "upstream: $WAIT_ERR"
     fi
-    log "upstream: nginx on http://$HOST:$UP_HTTP and https://$HOST:$UP_TLS (pid ${PID[nginx]})"
+    log "upstream: nginx on http://$HOST:$UP_HTTP, https://$HOST:$UP_TLS and https://$HOST:$UP_TLS_CLOSE (no keep-alive) (pid ${PID[nginx]})"
 }
 
 # proxy_started NAME LOGFILE: wait for the proxy's port; on failure mark it down.
@@ -496,6 +529,350 @@ measure_rss() {
     done
 }
 
+# -------------------------------------------------------- TLS interception --
+# A second tollgate, with a CA, whose policy restricts methods for
+# 127.0.0.1:18443 and *.bench.test: its CONNECT tunnels there are
+# intercepted (tollgate terminates TLS with a leaf from its CA and talks TLS
+# to nginx itself). The tollgate on 13128 allows the same upstream without
+# methods, so its tunnels stay plain; comparing the two gives the cost of
+# interception. Every *.bench.test name is mapped to 127.0.0.1 by the
+# policy's `hosts:`, so no name is ever looked up in DNS.
+
+tls_down() { TLS_DOWN=$1; log "TLS interception NOT MEASURED: $1"; }
+tls_ok() { [[ $TLS_ON == 1 && -z $TLS_DOWN ]]; }
+
+# tls_label KIND -> how reports name a curl path
+tls_label() {
+    case $1 in
+        mitm) echo "tollgate (intercepted)" ;;
+        tollgate) echo "tollgate (plain CONNECT)" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# tls_curl_args KIND: sets TLS_ARGS, the curl options that send a request
+# directly (direct), through a plain CONNECT tunnel (tollgate, squid,
+# tinyproxy), or through an intercepting tollgate (keys of TLS_PORT), with
+# the CA that will sign what the client sees.
+declare -a TLS_ARGS=()
+tls_curl_args() {
+    if [[ $1 == direct ]]; then
+        TLS_ARGS=(--noproxy '*' --cacert "$CA_CERT")
+    elif [[ -n ${TLS_PORT[$1]:-} ]]; then
+        TLS_ARGS=(--noproxy '' --proxy "http://$HOST:${TLS_PORT[$1]}" --cacert "$TLS_CA")
+    else
+        TLS_ARGS=(--noproxy '' --proxy "http://$HOST:${PORT[$1]}" --cacert "$CA_CERT")
+    fi
+}
+
+# url_cfg FILE URL FIRST LAST: a curl -K config asking for URL once for each
+# i = FIRST..LAST ("{i}" in URL is replaced by i), each saved to /dev/null.
+url_cfg() {
+    awk -v u="$2" -v a="$3" -v b="$4" 'BEGIN { for (i = a; i <= b; i++) {
+        p = index(u, "{i}"); s = p ? substr(u, 1, p - 1) i substr(u, p + 3) : u
+        printf "url = \"%s\"\noutput = \"/dev/null\"\n", s } }' >"$1"
+}
+
+# curl_batch KIND CFG OUT: one curl process fetching every URL of CFG over
+# at most TLS_PARALLEL HTTP/1.1 connections, each kept alive and reused.
+# Sets BATCH_SECS (wall time), BATCH_OK (full 200 responses) and BATCH_CONNS
+# (connections curl opened), and BATCH_FIRST: the median time from the end
+# of the TLS handshake to the end of the response, over the first request on
+# each new connection (ms). One "code size connects appconnect total" line
+# per URL in OUT.
+BATCH_SECS="" BATCH_OK=0 BATCH_CONNS=0 BATCH_FIRST=
+curl_batch() {
+    local kind=$1 cfg=$2 out=$3 start end
+    tls_curl_args "$kind"
+    start=$EPOCHREALTIME
+    curl -q --no-progress-meter --http1.1 --parallel --parallel-max "$TLS_PARALLEL" \
+        --max-time 60 "${TLS_ARGS[@]}" \
+        -w '%{http_code} %{size_download} %{num_connects} %{time_appconnect} %{time_total}\n' \
+        -K "$cfg" >"$out" 2>"$out.err" || true
+    end=$EPOCHREALTIME
+    BATCH_SECS=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.6f", e - s }')
+    read -r BATCH_OK BATCH_CONNS < <(awk -v n="$SMALL_BYTES" '$1 == 200 && $2 == n { ok++ }
+        { c += $3 } END { print ok + 0, c + 0 }' "$out")
+    BATCH_FIRST=$(awk '$1 == 200 && $3 == 1 { print ($5 - $4) * 1000 }' "$out" | median)
+}
+
+# spawn_tollgate_tls NAME POLICY: an intercepting tollgate on TLS_PORT[NAME],
+# trusting nginx's certificate upstream. Returns 1 (reason in WAIT_ERR) if it
+# does not start.
+spawn_tollgate_tls() {
+    local name=$1 d=$T/tls
+    spawn "$name" "$d/$name.log" "$TOLLGATE_BIN" proxy \
+        --policy "$2" \
+        --listen "$HOST:${TLS_PORT[$name]}" \
+        --audit-log "$d/$name-audit.jsonl" \
+        --ca-dir "$d/ca" \
+        --upstream-ca "$CA_CERT" \
+        --state-dir "$d/state"
+    if ! wait_port "$name" "${TLS_PORT[$name]}"; then
+        log_tail "$d/$name.log"
+        return 1
+    fi
+    log "tollgate ($name): intercepting on $HOST:${TLS_PORT[$name]} (pid ${PID[$name]})"
+}
+
+# stop_server NAME: stop one process this script started, and forget it.
+stop_server() {
+    local pid=${PID[$1]:-} i p keep=()
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${ALL_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    ALL_PIDS=("${keep[@]}")
+    unset "PID[$1]"
+}
+
+start_tollgate_tls() {
+    [[ $TLS_ON == 1 ]] || { TLS_DOWN="BENCH_TLS=0"; return 0; }
+    selected tollgate || { tls_down "tollgate is not in BENCH_TARGETS"; return 0; }
+    [[ -x $TOLLGATE_BIN ]] || { tls_down "no binary at $TOLLGATE_BIN"; return 0; }
+    local d=$T/tls name p i out code size
+    for name in "${!TLS_PORT[@]}"; do
+        p=${TLS_PORT[$name]}
+        if port_open "$p"; then tls_down "port $HOST:$p is already in use by another process"; return 0; fi
+    done
+    mkdir -p "$d"
+    if ! "$TOLLGATE_BIN" ca init --dir "$d/ca" >"$d/ca-init.log" 2>&1; then
+        log_tail "$d/ca-init.log"
+        tls_down "tollgate ca init failed (log above); does this build have TLS interception?"
+        return 0
+    fi
+    TLS_CA=$d/ca/ca.crt
+    {
+        echo "# written by bench/run.sh: intercept 127.0.0.1:$UP_TLS and *.bench.test"
+        echo "version: 1"
+        echo "mode: limited"
+        echo "allow:"
+        echo "  - host: $HOST"
+        echo "    ports: [$UP_TLS]"
+        echo "    methods: [GET, HEAD]"
+        echo '  - host: "*.bench.test"'
+        echo "    ports: [$UP_TLS]"
+        echo "    methods: [GET, HEAD]"
+        echo "allow_internal: [$HOST/32]"
+        echo "hosts:"
+        echo "  smoke.bench.test: $HOST"
+        for ((i = 1; i <= TLS_MINT_HOSTS; i++)); do echo "  h$i.bench.test: $HOST"; done
+    } >"$d/mitm-policy.yaml"
+    if ! spawn_tollgate_tls mitm "$d/mitm-policy.yaml"; then
+        tls_down "intercepting tollgate failed to start: $WAIT_ERR (log above)"
+        return 0
+    fi
+    # smoke test: both an IP and a name, checked for status and size, and
+    # the leaf must be our CA's (curl --cacert TLS_CA verifies it)
+    tls_curl_args mitm
+    for p in "$HOST" smoke.bench.test; do
+        out=$(curl -q -s --http1.1 --max-time 30 "${TLS_ARGS[@]}" -o /dev/null \
+            -w '%{http_code} %{size_download}\n' "https://$p:$UP_TLS/small" || true)
+        read -r code size <<<"$out"
+        if [[ ${code:-} != 200 || ${size:-} != "$SMALL_BYTES" ]]; then
+            log_tail "$d/mitm.log"
+            tls_down "smoke test GET https://$p:$UP_TLS/small through the intercepting tollgate failed (HTTP ${code:-none}, ${size:-0} bytes)"
+            return 0
+        fi
+    done
+    if ! grep -q '"kind":"mitm"' "$d/mitm-audit.jsonl" 2>/dev/null; then
+        # the audit log is written in batches; give it a moment
+        sleep 1
+        grep -q '"kind":"mitm"' "$d/mitm-audit.jsonl" 2>/dev/null \
+            || tls_down "the smoke test went through, but the audit log has no intercepted (mitm) request"
+    fi
+}
+
+# ------------------------------------------------------- measure_tls_rate --
+# TLS_REQUESTS small HTTPS GETs from one curl process over TLS_PARALLEL
+# kept-alive connections, rate = requests / wall time. Direct, through each
+# proxy's plain CONNECT tunnel, and through the intercepting tollgate. Round
+# robin over the paths, best of REPEAT; any response that is not a full 200
+# means no number for that path.
+measure_tls_rate() {
+    [[ $TLS_ON == 1 ]] || return 0
+    local kinds=() k t i rate cfg=$T/tls/rate.cfg
+    local -A best=() conns=() first=() failed=()
+    for t in "${TARGETS[@]}"; do up "$t" && kinds+=("$t"); done
+    tls_ok && kinds+=(mitm)
+    ((${#kinds[@]} > 0)) || return 0
+    mkdir -p "$T/tls"
+    url_cfg "$cfg" "https://$HOST:$UP_TLS/small" 1 "$TLS_REQUESTS"
+    log "measuring small HTTPS GETs: curl, $TLS_REQUESTS URLs, --parallel-max $TLS_PARALLEL, HTTP/1.1, best of $REPEAT"
+    for ((i = 1; i <= REPEAT; i++)); do
+        for k in "${kinds[@]}"; do
+            [[ -z ${failed[$k]:-} ]] || continue
+            curl_batch "$k" "$cfg" "$T/tls/rate-$k-$i.txt"
+            if ((BATCH_OK != TLS_REQUESTS)); then
+                warn "$(tls_label "$k"): small HTTPS GETs: run $i got $BATCH_OK full 200 responses of $TLS_REQUESTS; no number reported (curl output in $T/tls/rate-$k-$i.txt)"
+                failed[$k]=1
+                continue
+            fi
+            rate=$(awk -v n="$TLS_REQUESTS" -v s="$BATCH_SECS" 'BEGIN { printf "%.1f", n / s }')
+            TLSR[runs/$k]+="$rate "
+            log "  run $i: $(tls_label "$k"): $rate req/s"
+            if awk -v a="$rate" -v b="${best[$k]:-0}" 'BEGIN { exit !(a > b) }'; then
+                best[$k]=$rate; conns[$k]=$BATCH_CONNS; first[$k]=$BATCH_FIRST
+            fi
+        done
+    done
+    for k in "${kinds[@]}"; do
+        if [[ -n ${failed[$k]:-} ]]; then best[$k]=""; conns[$k]=""; first[$k]=""; fi
+        TLSR[first/$k]=${first[$k]}
+        if [[ $k == mitm ]]; then
+            TLSR[rps_mitm]=${best[$k]}; TLSR[conns_mitm]=${conns[$k]}
+        else
+            RES[tls_small_rps/$k]=${best[$k]}; RES[tls_small_conns/$k]=${conns[$k]}
+        fi
+        if [[ -n ${conns[$k]} ]] && ((${conns[$k]} > TLS_PARALLEL)); then
+            warn "$(tls_label "$k"): curl opened ${conns[$k]} connections for $TLS_REQUESTS HTTPS GETs (at most $TLS_PARALLEL if kept alive)"
+        fi
+        log "  $(tls_label "$k"): $(fnum "%.0f" "${best[$k]}") req/s over ${conns[$k]:-?} connections"
+    done
+    TLSR[ratio]=$(ratio "${TLSR[rps_mitm]:-}" "${RES[tls_small_rps/tollgate]:-}")
+    # A first response that lags far behind the direct one on every new
+    # tunnel: seen when a proxy relays the server's TLS 1.3 session tickets
+    # and the response in separate small writes without TCP_NODELAY.
+    for k in tollgate squid tinyproxy; do
+        if [[ -n ${TLSR[first/$k]:-} && -n ${TLSR[first/direct]:-} ]] \
+            && awk -v a="${TLSR[first/$k]}" -v b="${TLSR[first/direct]}" 'BEGIN { exit !(a - b > 20) }'; then
+            warn "$(tls_label "$k"): the first HTTPS response on each new tunnel took ${TLSR[first/$k]} ms after the TLS handshake (direct: ${TLSR[first/direct]} ms, median of $TLS_PARALLEL), about one delayed ACK (40 ms) more; later requests on the tunnel are not delayed"
+        fi
+    done
+}
+
+median() { # median < numbers, one a line -> median with 2 decimals, or ""
+    sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# -------------------------------------------------- measure_tls_handshake --
+# Leaves are minted once per host. For each of TLS_MINT_HOSTS names never
+# seen before (h1.bench.test ...), curl's time_appconnect (start until its
+# TLS handshake with the proxy's leaf is done, so it includes the TCP connect
+# and the CONNECT exchange) on the first request, then on a second request to
+# the same names, each in a new curl process (new connection, no TLS session
+# to resume). The same through tollgate's plain tunnel (TLS with nginx) is
+# the reference.
+measure_tls_handshake() {
+    tls_ok || return 0
+    local pass i url out code secs vals bad
+    log "measuring TLS handshake via the intercepting tollgate: $TLS_MINT_HOSTS fresh names, first and second connection"
+    for pass in first later plain; do
+        vals="" bad=""
+        if [[ $pass == plain ]]; then
+            up tollgate || continue
+            tls_curl_args tollgate
+        else
+            tls_curl_args mitm
+        fi
+        for ((i = 1; i <= TLS_MINT_HOSTS; i++)); do
+            if [[ $pass == plain ]]; then url="https://$HOST:$UP_TLS/small"; else url="https://h$i.bench.test:$UP_TLS/small"; fi
+            out=$(curl -q -s --http1.1 --max-time 30 "${TLS_ARGS[@]}" -o /dev/null \
+                -w '%{http_code} %{time_appconnect}\n' "$url" || true)
+            read -r code secs <<<"$out"
+            if [[ ${code:-} != 200 ]]; then
+                bad="$url got HTTP ${code:-none}"
+                break
+            fi
+            vals+="$(awk -v s="$secs" 'BEGIN { printf "%.3f", s * 1000 }') "
+        done
+        if [[ -n $bad ]]; then
+            warn "TLS handshake test ($pass): $bad; no number reported"
+            TLSR[hs_$pass]=""
+            continue
+        fi
+        TLSR[hs_${pass}_list]=${vals% }
+        TLSR[hs_$pass]=$(tr ' ' '\n' <<<"${vals% }" | median)
+        log "  $pass: median ${TLSR[hs_$pass]} ms"
+    done
+    # minting cost: median over hosts of (first - second) for the same name
+    if [[ -n ${TLSR[hs_first]:-} && -n ${TLSR[hs_later]:-} ]]; then
+        TLSR[hs_diff]=$(paste -d' ' <(tr ' ' '\n' <<<"${TLSR[hs_first_list]}") <(tr ' ' '\n' <<<"${TLSR[hs_later_list]}") \
+            | awk '{ print $1 - $2 }' | median)
+    fi
+    if [[ -n ${TLSR[hs_later]:-} && -n ${TLSR[hs_plain]:-} ]] \
+        && awk -v a="${TLSR[hs_later]}" -v b="${TLSR[hs_plain]}" 'BEGIN { exit !(a - b > 30) }'; then
+        warn "TLS handshakes with the intercepting tollgate take $(awk -v a="${TLSR[hs_later]}" -v b="${TLSR[hs_plain]}" 'BEGIN { printf "%.0f", a - b }') ms longer than with nginx through a plain tunnel, even with the leaf cached: about one delayed ACK (40 ms), the pattern of Nagle's algorithm on the proxy's client socket (its TLS flight is sent in several writes)"
+    fi
+}
+
+# ----------------------------------------------------- measure_tls_memory --
+# RSS of a fresh intercepting tollgate after one request to each of 0, 1,000,
+# 5,000 and TLS_HOSTS distinct names (m1.bench.test ...), all allowed by
+# "*.bench.test" with methods [GET] and mapped by a generated `hosts:`. Two
+# runs: against nginx with keep-alive (18443, so tollgate keeps one idle
+# upstream connection per host for its pool timeout) and against nginx
+# without keep-alive (18444, nothing pooled), which leaves the leaf cache
+# (1,024 hosts) as the only per-host state.
+TLS_MEM_POINTS=""
+mem_sample() { # mem_sample RUN HOSTS
+    local pid=${PID[$1]} fds
+    TLSR[mem/$1/$2/rss]=$(rss_mib "$pid" VmRSS)
+    TLSR[mem/$1/$2/hwm]=$(rss_mib "$pid" VmHWM)
+    fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l) || fds=""
+    TLSR[mem/$1/$2/fds]=$fds
+    log "  $1: $2 hosts: VmRSS ${TLSR[mem/$1/$2/rss]:-?} MiB, VmHWM ${TLSR[mem/$1/$2/hwm]:-?} MiB, $fds open descriptors"
+}
+
+measure_tls_memory() {
+    tls_ok || return 0
+    local d=$T/tls run up_port c prev i mid last g1 g2 points=(0)
+    for c in 1000 5000; do
+        if ((c < TLS_HOSTS)); then points+=("$c"); fi
+    done
+    points+=("$TLS_HOSTS")
+    TLS_MEM_POINTS=${points[*]}
+    {
+        echo "# written by bench/run.sh: intercept *.bench.test, $TLS_HOSTS names"
+        echo "version: 1"
+        echo "mode: limited"
+        echo "allow:"
+        echo '  - host: "*.bench.test"'
+        echo "    ports: [$UP_TLS, $UP_TLS_CLOSE]"
+        echo "    methods: [GET]"
+        echo "allow_internal: [$HOST/32]"
+        echo "hosts:"
+        for ((i = 1; i <= TLS_HOSTS; i++)); do echo "  m$i.bench.test: $HOST"; done
+    } >"$d/mem-policy.yaml"
+    for run in mem_keepalive mem_close; do
+        [[ $run == mem_keepalive ]] && up_port=$UP_TLS || up_port=$UP_TLS_CLOSE
+        log "measuring tollgate memory with $TLS_HOSTS distinct intercepted hosts, upstream $HOST:$up_port"
+        if ! spawn_tollgate_tls "$run" "$d/mem-policy.yaml"; then
+            warn "$run: intercepting tollgate failed to start: $WAIT_ERR; no memory numbers"
+            TLSR[mem_failed/$run]=1
+            continue
+        fi
+        mem_sample "$run" 0
+        prev=0
+        for c in "${points[@]:1}"; do
+            url_cfg "$d/mem.cfg" "https://m{i}.bench.test:$up_port/small" $((prev + 1)) "$c"
+            curl_batch "$run" "$d/mem.cfg" "$d/$run-$c.txt"
+            if ((BATCH_OK != c - prev)); then
+                warn "$run: only $BATCH_OK of $((c - prev)) GETs to hosts $((prev + 1))..$c were full 200 responses (curl output in $d/$run-$c.txt); RSS is still reported"
+                TLSR[mem_failed/$run]=1
+            fi
+            mem_sample "$run" "$c"
+            prev=$c
+        done
+        stop_server "$run"
+        # Plateau: over the last stretch (5,000 -> 10,000 hosts) VmRSS grew
+        # by at most a quarter of what the rate up to 5,000 hosts predicts,
+        # or by at most 2 MiB.
+        mid=${points[-2]} last=${points[-1]}
+        if ((${#points[@]} >= 3)) && [[ -n ${TLSR[mem/$run/0/rss]} && -n ${TLSR[mem/$run/$mid/rss]} \
+            && -n ${TLSR[mem/$run/$last/rss]} ]]; then
+            g1=$(awk -v a="${TLSR[mem/$run/0/rss]}" -v b="${TLSR[mem/$run/$mid/rss]}" 'BEGIN { printf "%.1f", b - a }')
+            g2=$(awk -v a="${TLSR[mem/$run/$mid/rss]}" -v b="${TLSR[mem/$run/$last/rss]}" 'BEGIN { printf "%.1f", b - a }')
+            TLSR[mem_growth_first/$run]=$g1
+            TLSR[mem_growth_last/$run]=$g2
+            TLSR[mem_plateau/$run]=$(awk -v g1="$g1" -v g2="$g2" -v m="$mid" -v l="$last" \
+                'BEGIN { lim = 0.25 * g1 * (l - m) / m; if (lim < 2) lim = 2; print (g2 <= lim ? "yes" : "no") }')
+        fi
+    done
+}
+
 # busy_check: before measuring, sample how busy the CPUs are for 2 s (all our
 # servers are idle then); note it when other work competes with the benchmark.
 BUSY_PCT=""
@@ -527,11 +904,12 @@ xfmt() { if [[ -n $1 ]]; then echo "${1}x"; else echo "n/a"; fi; }
 check() { [[ -z $2 ]] && echo "n/a" && return; awk -v v="$2" -v m="$3" 'BEGIN { print (v >= m ? "PASS" : "FAIL") }'; }
 
 report() {
-    local m t line v tg_sq tg_tp c1 c2 c3 r1 r2 r3
+    local m t line v tg_sq tg_tp c1 c2 c3 c4 r1 r2 r3 r4
     local tw=34 cw=11
     echo
     echo "tollgate benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(nproc) CPUs, kernel $(uname -r)"
     echo "upstream nginx 127.0.0.1 (/large ${LARGE_MB} MiB, /small ${SMALL_BYTES} B); curl best of $REPEAT; wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s"
+    echo "HTTPS GETs: one curl, $TLS_REQUESTS x /small, --http1.1 --parallel-max $TLS_PARALLEL; CPU busy before measuring: ${BUSY_PCT:-?}%"
     echo
     line=$(printf "%-${tw}s" "")
     for t in "${TARGETS[@]}"; do line+=$(printf "%${cw}s" "$t"); done
@@ -549,7 +927,7 @@ report() {
     line=$(printf "%-${tw}s" "ratio to direct")
     for t in "${TARGETS[@]}"; do is_proxy "$t" && line+=$(printf "%${cw}s" "$t"); done
     echo "$line"
-    for m in plain_http_mbps connect_mbps small_rps; do
+    for m in plain_http_mbps connect_mbps small_rps tls_small_rps; do
         line=$(printf "%-${tw}s" "${MLABEL[$m]}")
         for t in "${TARGETS[@]}"; do
             is_proxy "$t" || continue
@@ -560,7 +938,7 @@ report() {
     done
     echo
     printf "%-${tw}s%${cw}s%${cw}s\n" "tollgate relative to peers" "/squid" "/tinyproxy"
-    for m in plain_http_mbps connect_mbps small_rps rss_hwm_mib; do
+    for m in plain_http_mbps connect_mbps small_rps tls_small_rps rss_hwm_mib; do
         tg_sq=$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/squid]:-}")
         tg_tp=$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/tinyproxy]:-}")
         printf "%-${tw}s%${cw}s%${cw}s\n" "${MLABEL[$m]}" "$(xfmt "$tg_sq")" "$(xfmt "$tg_tp")"
@@ -568,12 +946,15 @@ report() {
     r1=$(ratio "${RES[connect_mbps/tollgate]:-}" "${RES[connect_mbps/direct]:-}")
     r2=$(ratio "${RES[plain_http_mbps/tollgate]:-}" "${RES[plain_http_mbps/squid]:-}")
     r3=$(ratio "${RES[small_rps/tollgate]:-}" "${RES[small_rps/squid]:-}")
-    c1=$(check x "$r1" 0.9); c2=$(check x "$r2" 1.5); c3=$(check x "$r3" 2)
+    r4=${TLSR[ratio]:-}
+    c1=$(check x "$r1" 0.9); c2=$(check x "$r2" 1.5); c3=$(check x "$r3" 2); c4=$(check x "$r4" 0.5)
+    report_tls
     echo
     echo "targets (tollgate):"
     printf "  %-36s %8s  %s\n" "CONNECT      >= 0.9x direct" "$(xfmt "$r1")" "$c1"
     printf "  %-36s %8s  %s\n" "plain HTTP   >= 1.5x squid" "$(xfmt "$r2")" "$c2"
     printf "  %-36s %8s  %s\n" "small req/s  >= 2x squid" "$(xfmt "$r3")" "$c3"
+    printf "  %-36s %8s  %s\n" "intercepted  >= 0.5x plain CONNECT" "$(xfmt "$r4")" "$c4"
     if ((${#DOWN[@]} > 0)); then
         echo
         echo "not measured:"
@@ -586,7 +967,89 @@ report() {
     fi
     echo
 
-    write_json "$r1" "$r2" "$r3" "$c1" "$c2" "$c3"
+    write_json "$r1" "$r2" "$r3" "$c1" "$c2" "$c3" "$r4" "$c4"
+}
+
+report_tls() {
+    local run p tw=50 label
+    echo
+    echo "TLS interception (tollgate --ca-dir, policy with methods, 127.0.0.1:${TLS_PORT[mitm]})"
+    if [[ -n $TLS_DOWN ]]; then echo "  not measured: $TLS_DOWN"; return; fi
+    printf "  %-${tw}s%10s\n" "small HTTPS GETs, intercepted (req/s)" "$(fnum "%.0f" "${TLSR[rps_mitm]:-}")"
+    printf "  %-${tw}s%10s\n" "small HTTPS GETs, tollgate plain CONNECT (req/s)" "$(fnum "%.0f" "${RES[tls_small_rps/tollgate]:-}")"
+    printf "  %-${tw}s%10s\n" "small HTTPS GETs, squid CONNECT (req/s)" "$(fnum "%.0f" "${RES[tls_small_rps/squid]:-}")"
+    printf "  %-${tw}s%10s\n" "intercepted / tollgate plain CONNECT" "$(xfmt "${TLSR[ratio]:-}")"
+    printf "  %-${tw}s%10s\n" "first response after handshake, intercepted (ms)" "$(fnum "%.2f" "${TLSR[first/mitm]:-}")"
+    printf "  %-${tw}s%10s\n" "  same, plain CONNECT: tollgate / squid / direct" \
+        "$(fnum "%.1f" "${TLSR[first/tollgate]:-}") / $(fnum "%.1f" "${TLSR[first/squid]:-}") / $(fnum "%.1f" "${TLSR[first/direct]:-}")"
+    echo "  TLS handshake, curl time_appconnect, median of $TLS_MINT_HOSTS (ms):"
+    printf "    %-${tw}s%8s\n" "first request to a new host (leaf minted)" "$(fnum "%.2f" "${TLSR[hs_first]:-}")"
+    printf "    %-${tw}s%8s\n" "second request, new connection (leaf cached)" "$(fnum "%.2f" "${TLSR[hs_later]:-}")"
+    printf "    %-${tw}s%8s\n" "first - second, median per host (minting)" "$(fnum "%.2f" "${TLSR[hs_diff]:-}")"
+    printf "    %-${tw}s%8s\n" "tollgate plain CONNECT, TLS with nginx (reference)" "$(fnum "%.2f" "${TLSR[hs_plain]:-}")"
+    echo "  tollgate memory, one GET to each of $TLS_HOSTS distinct intercepted hosts:"
+    printf "    %-28s%8s%10s%10s%10s\n" "upstream" "hosts" "VmRSS MiB" "VmHWM MiB" "open fds"
+    for run in mem_keepalive mem_close; do
+        if [[ $run == mem_keepalive ]]; then label="nginx keep-alive :$UP_TLS"; else label="nginx no keep-alive :$UP_TLS_CLOSE"; fi
+        for p in $TLS_MEM_POINTS; do
+            printf "    %-28s%8s%10s%10s%10s\n" "$label" "$p" "$(fnum "%.1f" "${TLSR[mem/$run/$p/rss]:-}")" \
+                "$(fnum "%.1f" "${TLSR[mem/$run/$p/hwm]:-}")" "${TLSR[mem/$run/$p/fds]:-n/a}"
+            label=""
+        done
+        if [[ -n ${TLSR[mem_plateau/$run]:-} ]]; then
+            printf "    %-28sVmRSS +%s MiB over the first %s hosts, +%s MiB over the rest: plateau %s\n" "" \
+                "${TLSR[mem_growth_first/$run]}" "$(awk '{ print $(NF - 1) }' <<<"$TLS_MEM_POINTS")" \
+                "${TLSR[mem_growth_last/$run]}" "${TLSR[mem_plateau/$run]}"
+        fi
+    done
+}
+
+json_list() { # json_list "1 - 3" -> [1, null, 3]
+    local v out="" sep=""
+    for v in $1; do out+="$sep$(json_num "${v#-}")"; sep=", "; done
+    printf '[%s]' "$out"
+}
+
+json_bool() { case $1 in yes) printf 'true' ;; no) printf 'false' ;; *) printf 'null' ;; esac; }
+
+# json_tls: the "tls_interception" member of latest.json
+json_tls() {
+    local run p rss hwm fds
+    printf '  "tls_interception": {\n'
+    printf '    "measured": %s,\n' "$(if [[ -z $TLS_DOWN ]]; then printf true; else json_str "$TLS_DOWN"; fi)"
+    printf '    "proxy_port": %s, "requests": %s, "parallel_connections": %s, "http_version": "1.1", "repeat": %s,\n' \
+        "${TLS_PORT[mitm]}" "$TLS_REQUESTS" "$TLS_PARALLEL" "$REPEAT"
+    printf '    "small_https_rps": {"intercepted": %s, "tollgate_plain_connect": %s, "squid_connect": %s, "tinyproxy_connect": %s, "direct": %s},\n' \
+        "$(json_num "${TLSR[rps_mitm]:-}")" "$(json_num "${RES[tls_small_rps/tollgate]:-}")" \
+        "$(json_num "${RES[tls_small_rps/squid]:-}")" "$(json_num "${RES[tls_small_rps/tinyproxy]:-}")" \
+        "$(json_num "${RES[tls_small_rps/direct]:-}")"
+    printf '    "small_https_rps_runs": {"intercepted": %s, "tollgate_plain_connect": %s, "squid_connect": %s, "tinyproxy_connect": %s, "direct": %s},\n' \
+        "$(json_list "${TLSR[runs/mitm]:-}")" "$(json_list "${TLSR[runs/tollgate]:-}")" "$(json_list "${TLSR[runs/squid]:-}")" \
+        "$(json_list "${TLSR[runs/tinyproxy]:-}")" "$(json_list "${TLSR[runs/direct]:-}")"
+    printf '    "first_response_after_handshake_ms": {"intercepted": %s, "tollgate_plain_connect": %s, "squid_connect": %s, "tinyproxy_connect": %s, "direct": %s},\n' \
+        "$(json_num "${TLSR[first/mitm]:-}")" "$(json_num "${TLSR[first/tollgate]:-}")" "$(json_num "${TLSR[first/squid]:-}")" \
+        "$(json_num "${TLSR[first/tinyproxy]:-}")" "$(json_num "${TLSR[first/direct]:-}")"
+    printf '    "intercepted_connections": %s,\n' "$(json_num "${TLSR[conns_mitm]:-}")"
+    printf '    "ratio_intercepted_to_plain_connect": %s,\n' "$(json_num "${TLSR[ratio]:-}")"
+    printf '    "handshake_ms": {"hosts": %s, "first_median": %s, "later_median": %s, "first_minus_later_median": %s, "plain_connect_median": %s,\n' \
+        "$TLS_MINT_HOSTS" "$(json_num "${TLSR[hs_first]:-}")" "$(json_num "${TLSR[hs_later]:-}")" \
+        "$(json_num "${TLSR[hs_diff]:-}")" "$(json_num "${TLSR[hs_plain]:-}")"
+    printf '      "first": %s,\n      "later": %s,\n      "plain_connect": %s},\n' \
+        "$(json_list "${TLSR[hs_first_list]:-}")" "$(json_list "${TLSR[hs_later_list]:-}")" "$(json_list "${TLSR[hs_plain_list]:-}")"
+    printf '    "memory": {"leaf_cache_hosts": 1024, "hosts": %s' "$(json_list "$TLS_MEM_POINTS")"
+    for run in mem_keepalive mem_close; do
+        rss="" hwm="" fds=""
+        for p in $TLS_MEM_POINTS; do
+            rss+="${TLSR[mem/$run/$p/rss]:--} "; hwm+="${TLSR[mem/$run/$p/hwm]:--} "; fds+="${TLSR[mem/$run/$p/fds]:--} "
+        done
+        [[ $run == mem_keepalive ]] && p=$UP_TLS || p=$UP_TLS_CLOSE
+        printf ',\n      "%s": {"upstream_port": %s, "vmrss_mib": %s, "vmhwm_mib": %s, "open_fds": %s, "all_200": %s, "growth_first_mib": %s, "growth_last_mib": %s, "plateau": %s}' \
+            "${run#mem_}" "$p" "$(json_list "$rss")" "$(json_list "$hwm")" "$(json_list "$fds")" \
+            "$(if [[ -z $TLS_MEM_POINTS || -n ${TLSR[mem_failed/$run]:-} ]]; then printf false; else printf true; fi)" \
+            "$(json_num "${TLSR[mem_growth_first/$run]:-}")" "$(json_num "${TLSR[mem_growth_last/$run]:-}")" \
+            "$(json_bool "${TLSR[mem_plateau/$run]:-}")"
+    done
+    printf '}\n  },\n'
 }
 
 write_json() {
@@ -611,6 +1074,8 @@ write_json() {
             "$(json_str "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')")"
         printf '  "ports": {"upstream_http": %s, "upstream_tls": %s' "$UP_HTTP" "$UP_TLS"
         for t in tollgate squid tinyproxy; do printf ', "%s": %s' "$t" "${PORT[$t]}"; done
+        printf ', "upstream_tls_no_keepalive": %s' "$UP_TLS_CLOSE"
+        for t in mitm mem_keepalive mem_close; do printf ', "tollgate_%s": %s' "$t" "${TLS_PORT[$t]}"; done
         printf '},\n  "available": {'
         first=1
         for t in "${TARGETS[@]}"; do
@@ -630,7 +1095,7 @@ write_json() {
         done
         printf '\n  },\n  "ratios_to_direct": {\n'
         sep=""
-        for m in plain_http_mbps connect_mbps small_rps; do
+        for m in plain_http_mbps connect_mbps small_rps tls_small_rps; do
             printf '%s    "%s": {' "$sep" "$m"; sep=$',\n'
             first=1
             for t in "${TARGETS[@]}"; do
@@ -642,16 +1107,19 @@ write_json() {
         done
         printf '\n  },\n  "tollgate_vs": {\n'
         sep=""
-        for m in plain_http_mbps connect_mbps small_rps rss_hwm_mib; do
+        for m in plain_http_mbps connect_mbps small_rps tls_small_rps rss_hwm_mib; do
             printf '%s    "%s": {"squid": %s, "tinyproxy": %s}' "$sep" "$m" \
                 "$(json_num "$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/squid]:-}")")" \
                 "$(json_num "$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/tinyproxy]:-}")")"
             sep=$',\n'
         done
-        printf '\n  },\n  "targets": [\n'
+        printf '\n  },\n'
+        json_tls
+        printf '  "targets": [\n'
         printf '    {"name": "CONNECT >= 0.9x direct", "ratio": %s, "min": 0.9, "result": "%s"},\n' "$(json_num "$1")" "$4"
         printf '    {"name": "plain HTTP >= 1.5x squid", "ratio": %s, "min": 1.5, "result": "%s"},\n' "$(json_num "$2")" "$5"
-        printf '    {"name": "small req/s >= 2x squid", "ratio": %s, "min": 2, "result": "%s"}\n' "$(json_num "$3")" "$6"
+        printf '    {"name": "small req/s >= 2x squid", "ratio": %s, "min": 2, "result": "%s"},\n' "$(json_num "$3")" "$6"
+        printf '    {"name": "intercepted HTTPS req/s >= 0.5x plain CONNECT", "ratio": %s, "min": 0.5, "result": "%s"}\n' "$(json_num "$7")" "$8"
         printf '  ],\n  "notes": ['
         first=1
         for n in "${NOTES[@]}"; do ((first)) || printf ', '; first=0; json_str "$n"; done
@@ -679,6 +1147,7 @@ main() {
     start_tollgate
     start_squid
     start_tinyproxy
+    start_tollgate_tls
     smoke_test
     busy_check
     measure_throughput plain_http_mbps "http://$HOST:$UP_HTTP/large"
@@ -686,6 +1155,9 @@ main() {
     measure_rate
     measure_rss
     # later sections go here (each fills RES[...] for its own def_metric keys)
+    measure_tls_rate
+    measure_tls_handshake
+    measure_tls_memory
     report
 }
 
