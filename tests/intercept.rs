@@ -477,23 +477,10 @@ struct WebSocketEcho {
 
 impl WebSocketEcho {
     fn start(name: &str) -> WebSocketEcho {
-        let key = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
         let scratch = Scratch::new("ws");
-        let ca_pem = scratch.write("ws.pem", &key.cert.pem());
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![key.cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
-        )
-        .unwrap();
+        let (config, ca_pem) = self_signed_server(&[name], &scratch);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let config = Arc::new(config);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };

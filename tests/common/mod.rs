@@ -451,6 +451,30 @@ pub fn loopback_policy(ports: &[u16], extra: &str) -> String {
     )
 }
 
+/// A rustls server config with a self-signed certificate for `names`, and
+/// the path of that certificate (PEM, in `scratch`) for clients to trust.
+pub fn self_signed_server(
+    names: &[&str],
+    scratch: &Scratch,
+) -> (Arc<rustls::ServerConfig>, PathBuf) {
+    let key =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let pem = scratch.write("self-signed.pem", &key.cert.pem());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![key.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    (Arc::new(config), pem)
+}
+
 /// A loopback HTTPS server (certificate for `names`, self-signed) that
 /// answers like [`Upstream`]; `ca_pem` is the certificate for curl --cacert.
 pub struct TlsUpstream {
@@ -463,24 +487,9 @@ pub struct TlsUpstream {
 
 impl TlsUpstream {
     pub fn start(names: &[&str]) -> TlsUpstream {
-        let key = rcgen::generate_simple_self_signed(
-            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
         let scratch = Scratch::new("tls");
-        let ca_pem = scratch.write("upstream.pem", &key.cert.pem());
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![key.cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (config, ca_pem) = self_signed_server(names, &scratch);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
