@@ -37,6 +37,59 @@ pub enum Command {
     /// Manage the CA that TLS interception presents to sandboxed clients.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run one command in a sandbox whose only route out is the proxy.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The command runs in new mount, PID, network, IPC and UTS namespaces on an \
+    overlay of --base (writes vanish when it exits), with no capabilities and no_new_privs. \
+    Its network namespace has only lo, where the proxy listens on 127.0.0.1:3128; \
+    HTTP_PROXY and friends point at it, and DNS inside fails fast. Needs root.\n\n\
+    Example:\n  tollgate exec --policy common-dependencies -- curl -sI https://pypi.org/simple/"
+)]
+pub struct ExecArgs {
+    /// Policy file or built-in name (off, unrestricted, common-dependencies).
+    #[arg(long, value_name = "FILE")]
+    pub policy: String,
+
+    /// Audit log file (appended, mode 0600); none by default.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<String>,
+
+    /// CA directory for TLS interception (default: the state dir's CA, if any).
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Extra trust anchors (PEM) for upstream servers of intercepted HTTPS.
+    #[arg(long, value_name = "PEM")]
+    pub upstream_ca: Vec<PathBuf>,
+
+    /// Lower layer of the sandbox's root filesystem (read-only).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub base: PathBuf,
+
+    /// Host directory visible read-write inside: HOST:SANDBOX. Repeatable.
+    #[arg(long, value_name = "HOST:SANDBOX")]
+    pub bind: Vec<String>,
+
+    /// Host directory visible read-only inside: HOST:SANDBOX. Repeatable.
+    #[arg(long, value_name = "HOST:SANDBOX")]
+    pub ro_bind: Vec<String>,
+
+    /// Environment variable for the command: K=V. Repeatable. The host's
+    /// environment is not passed in (it may hold credentials).
+    #[arg(long, value_name = "K=V")]
+    pub env: Vec<String>,
+
+    /// Working directory inside.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub workdir: PathBuf,
+
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,12 +15,16 @@ use crate::cli::{CaCommand, Cli, Command, PolicyCommand};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    if let Some(code) = cmd::exec::run_stage_if_asked() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging();
     let state = state::StateDir::new(cli.state_dir);
     let outcome = match cli.command {
         Command::Proxy(args) => cmd::proxy::run(args, &state),
         Command::Ca(CaCommand::Init(args)) => cmd::ca::init(args, &state),
+        Command::Exec(args) => cmd::exec::run(args, &state),
         Command::Policy(PolicyCommand::Check(args)) => cmd::policy::check(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
     };

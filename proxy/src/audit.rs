@@ -51,6 +51,8 @@ pub enum AuditError {
 pub enum AuditTarget {
     Stdout,
     File(PathBuf),
+    /// Decisions are not recorded (`exec` without --audit-log).
+    Discard,
 }
 
 impl AuditTarget {
@@ -216,6 +218,7 @@ impl Drop for FlushOnLastDrop {
 enum Sink {
     Stdout(io::Stdout),
     File(BufWriter<File>),
+    Discard(io::Sink),
 }
 
 impl Sink {
@@ -223,6 +226,7 @@ impl Sink {
         match target {
             AuditTarget::Stdout => Ok(Sink::Stdout(io::stdout())),
             AuditTarget::File(path) => open_append(path).map(|f| Sink::File(BufWriter::new(f))),
+            AuditTarget::Discard => Ok(Sink::Discard(io::sink())),
         }
     }
 
@@ -230,6 +234,7 @@ impl Sink {
         match self {
             Sink::Stdout(out) => out,
             Sink::File(file) => file,
+            Sink::Discard(sink) => sink,
         }
     }
 }

@@ -30,13 +30,19 @@ pub fn init(args: CaInitArgs, state: &StateDir) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A CA loaded for interception, and its certificate for trust bundles.
+pub struct LoadedCa {
+    pub interception: Interception,
+    pub cert_pem: String,
+}
+
 /// The CA to intercept with: `--ca-dir`, else the state dir's if one was
 /// created there. `None` when neither exists.
 pub fn interception(
     ca_dir: Option<&Path>,
     upstream_ca: &[PathBuf],
     state: &StateDir,
-) -> Result<Option<Interception>> {
+) -> Result<Option<LoadedCa>> {
     let dir = match ca_dir {
         Some(dir) => dir.to_owned(),
         None if state.ca_dir().join("ca.crt").exists() => state.ca_dir(),
@@ -53,8 +59,12 @@ pub fn interception(
     .with_no_client_auth();
     upstream_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     tracing::info!("TLS interception with the CA in {}", dir.display());
-    Ok(Some(Interception {
-        authority: Arc::new(authority.into_issuer(LEAF_CACHE_HOSTS)),
-        upstream_tls: Arc::new(upstream_tls),
+    let cert_pem = authority.cert_pem().to_owned();
+    Ok(Some(LoadedCa {
+        interception: Interception {
+            authority: Arc::new(authority.into_issuer(LEAF_CACHE_HOSTS)),
+            upstream_tls: Arc::new(upstream_tls),
+        },
+        cert_pem,
     }))
 }

@@ -1,3 +1,4 @@
 pub mod ca;
+pub mod exec;
 pub mod policy;
 pub mod proxy;

@@ -22,7 +22,8 @@ pub fn run(args: ProxyArgs, state: &StateDir) -> Result<ExitCode> {
         .policy
         .clone()
         .unwrap_or_else(|| DEFAULT_POLICY.to_owned());
-    let interception = ca::interception(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
+    let interception = ca::interception(args.ca_dir.as_deref(), &args.upstream_ca, state)?
+        .map(|ca| ca.interception);
     let policy = load_enforceable(&policy_arg, interception.is_some())?;
     let audit = AuditLog::open(AuditTarget::parse(&args.audit_log))?;
     let config = ProxyConfig {
@@ -35,7 +36,7 @@ pub fn run(args: ProxyArgs, state: &StateDir) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_enforceable(arg: &str, interception: bool) -> Result<Policy> {
+pub fn load_enforceable(arg: &str, interception: bool) -> Result<Policy> {
     let policy = Policy::load(arg)?;
     policy.check_enforceable(interception)?;
     Ok(policy)
@@ -45,7 +46,7 @@ fn load_enforceable(arg: &str, interception: bool) -> Result<Policy> {
 /// usual soft limit of 1024 would cap the proxy near 170 tunnels. Raise the
 /// soft limit to the hard one, as nginx (worker_rlimit_nofile) and Go's
 /// runtime do.
-fn raise_open_file_limit() {
+pub fn raise_open_file_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => {

@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a sandbox could not be set up; each says what to do.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error(
+        "tollgate exec needs root (namespaces and overlay mounts): run it as root or with sudo"
+    )]
+    NotRoot,
+    #[error("this kernel has no overlayfs: load it with `modprobe overlay`")]
+    NoOverlay,
+    #[error("cannot create {what} namespace: {source} (is this a container without CAP_SYS_ADMIN, or are user/namespace limits set to 0?)")]
+    Namespace {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{step}: {source}")]
+    Setup {
+        step: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{step}: {source}")]
+    Io {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--base {0}: not a directory")]
+    BadBase(PathBuf),
+    #[error("path {0} contains a character overlayfs options cannot carry (`,`, `:` or `\\`): use another path")]
+    UnsafePath(PathBuf),
+    #[error("bind {0}: {1}")]
+    BadBind(String, String),
+    #[error("cannot read the sandbox spec {path}: {detail}")]
+    Spec { path: PathBuf, detail: String },
+    #[error("cannot drop capabilities: {0}")]
+    Capabilities(String),
+    #[error("the sandbox thread {0}")]
+    Thread(&'static str),
+}
+
+impl SandboxError {
+    pub(crate) fn setup(step: impl Into<String>) -> impl FnOnce(nix::Error) -> SandboxError {
+        let step = step.into();
+        move |source| SandboxError::Setup { step, source }
+    }
+
+    pub(crate) fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+        let step = step.into();
+        move |source| SandboxError::Io { step, source }
+    }
+}

@@ -1,0 +1,209 @@
+//! The host side of a sandbox: preflight checks, a private run directory,
+//! the network namespace with the proxy's listener in it, and stage 1.
+
+use std::fs::DirBuilder;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::spec::{InjectedFile, NewFile, Spec};
+use crate::SandboxError;
+
+/// The hidden subcommand for stage 1.
+pub const STAGE1_ARG: &str = "__sandbox-stage1";
+
+/// How the sandboxed command ended, in the shell's convention.
+pub type SandboxExit = i32;
+
+/// A running sandbox. Dropping it removes its run directory.
+pub struct Sandbox {
+    stage1: Pid,
+    waiter: Option<JoinHandle<Result<SandboxExit, SandboxError>>>,
+    run_dir: PathBuf,
+}
+
+/// Refuses early, with one line, what would fail halfway.
+pub fn preflight() -> Result<(), SandboxError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(SandboxError::NotRoot);
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems")
+        .map_err(SandboxError::io("read /proc/filesystems"))?;
+    if !filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("\toverlay"))
+    {
+        return Err(SandboxError::NoOverlay);
+    }
+    Ok(())
+}
+
+impl Sandbox {
+    /// Starts `spec` (its `scratch` is filled in here) with `files` laid over
+    /// their paths inside. Returns the sandbox and the proxy's listener,
+    /// bound to `listen` inside the sandbox's network namespace.
+    pub fn start(
+        mut spec: Spec,
+        files: Vec<NewFile>,
+        listen: SocketAddr,
+    ) -> Result<(Sandbox, TcpListener), SandboxError> {
+        preflight()?;
+        if !spec.base.is_dir() {
+            return Err(SandboxError::BadBase(spec.base.clone()));
+        }
+        let run_dir = private_run_dir()?;
+        let guard = RunDir(run_dir.clone());
+        spec.scratch = run_dir.join("scratch");
+        std::fs::create_dir(&spec.scratch)
+            .map_err(SandboxError::io("create the scratch mount point"))?;
+        for (i, NewFile { sandbox, bytes }) in files.into_iter().enumerate() {
+            let host = run_dir.join(format!("file-{i}"));
+            std::fs::write(&host, bytes)
+                .map_err(SandboxError::io(format!("write {}", host.display())))?;
+            spec.files.push(InjectedFile { sandbox, host });
+        }
+        let spec_path = run_dir.join("spec.json");
+        spec.write(&spec_path)?;
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let waiter = std::thread::Builder::new()
+            .name("tollgate-sandbox".into())
+            .spawn(move || in_network_namespace(&spec_path, listen, ready_tx))
+            .map_err(SandboxError::io("start the sandbox thread"))?;
+        let (listener, stage1) = match ready_rx.recv() {
+            Ok(ready) => ready,
+            Err(_) => {
+                return Err(match waiter.join() {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(_)) => SandboxError::Thread("ended before the sandbox started"),
+                    Err(_) => SandboxError::Thread("panicked"),
+                })
+            }
+        };
+        std::mem::forget(guard);
+        Ok((
+            Sandbox {
+                stage1,
+                waiter: Some(waiter),
+                run_dir,
+            },
+            listener,
+        ))
+    }
+
+    /// A handle for signalling the sandbox while another thread waits.
+    pub fn stage1(&self) -> Stage1 {
+        Stage1(self.stage1)
+    }
+
+    /// Waits for the command's exit code.
+    pub fn wait(mut self) -> Result<SandboxExit, SandboxError> {
+        match self.waiter.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(SandboxError::Thread("panicked")),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Sends signals to stage 1, which passes them on to the command.
+#[derive(Debug, Clone, Copy)]
+pub struct Stage1(Pid);
+
+impl Stage1 {
+    pub fn signal(self, signal: Signal) {
+        let _ = kill(self.0, signal);
+    }
+}
+
+/// Removes a run directory if start-up fails half way.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs on its own thread, because a network namespace entered with
+/// unshare belongs to the calling thread: create the namespace, bring `lo`
+/// up, bind the proxy's listener, start stage 1 (which inherits the
+/// namespace), then stay — stage 1's parent-death signal is tied to this
+/// thread — until it exits.
+fn in_network_namespace(
+    spec_path: &Path,
+    listen: SocketAddr,
+    ready: mpsc::Sender<(TcpListener, Pid)>,
+) -> Result<SandboxExit, SandboxError> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(|source| SandboxError::Namespace {
+        what: "network",
+        source,
+    })?;
+    bring_up_loopback()?;
+    let listener = TcpListener::bind(listen).map_err(SandboxError::io(format!(
+        "bind the proxy on {listen} inside the sandbox"
+    )))?;
+    let mut stage1 = Command::new("/proc/self/exe")
+        .arg(STAGE1_ARG)
+        .arg(spec_path)
+        .spawn()
+        .map_err(SandboxError::io("start the sandbox"))?;
+    let pid = Pid::from_raw(i32::try_from(stage1.id()).unwrap_or(i32::MAX));
+    if ready.send((listener, pid)).is_err() {
+        let _ = stage1.kill();
+    }
+    let status = stage1
+        .wait()
+        .map_err(SandboxError::io("wait for the sandbox"))?;
+    Ok(status.code().unwrap_or(137))
+}
+
+/// `lo` starts down in a new network namespace. iproute2 does it; the
+/// alternative is a raw netlink or ioctl call this crate would need unsafe
+/// code for.
+fn bring_up_loopback() -> Result<(), SandboxError> {
+    let status = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| SandboxError::Io {
+            step: "run `ip link set lo up` in the sandbox's network namespace (is iproute2 installed?)".into(),
+            source: e,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(SandboxError::Io {
+            step: "`ip link set lo up` in the sandbox's network namespace".into(),
+            source: std::io::Error::other(format!("exited with {status}")),
+        })
+    }
+}
+
+/// A fresh 0700 directory for the spec, injected files and the scratch
+/// mount point.
+fn private_run_dir() -> Result<PathBuf, SandboxError> {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-run-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(SandboxError::io(format!("create {}", dir.display())))?;
+    Ok(dir)
+}

@@ -1,0 +1,101 @@
+//! Supervising a child from a process whose signals arrive on a signalfd:
+//! stage 1 waits for stage 2, and stage 2 (PID 1 of the sandbox) waits for
+//! the command while reaping every orphan that is re-parented to it.
+//!
+//! SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are forwarded to the child. SIGINT
+//! and SIGQUIT are not: the terminal already delivers them to the whole
+//! foreground process group, the command included, and forwarding would
+//! deliver them twice.
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::SandboxError;
+
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+const FROM_TERMINAL: [Signal; 2] = [Signal::SIGINT, Signal::SIGQUIT];
+
+/// Signals routed to the signalfd. Blocked before the child is spawned so
+/// none is lost in between; std's `Command` clears the mask in the child.
+pub struct Signals(SignalFd);
+
+impl Signals {
+    pub fn block() -> Result<Signals, SandboxError> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        for signal in FORWARDED.iter().chain(&FROM_TERMINAL) {
+            mask.add(*signal);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .map_err(SandboxError::setup("block signals"))?;
+        SignalFd::new(&mask)
+            .map(Signals)
+            .map_err(SandboxError::setup("create signalfd"))
+    }
+}
+
+/// What happens to the rest of the PID namespace when the child exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphans {
+    /// Stage 2: kill every remaining process (background jobs die with the
+    /// command) and reap them.
+    KillAll,
+    /// Stage 1: there are none.
+    None,
+}
+
+/// Waits for `child`, forwarding signals; returns its exit code in the
+/// shell's convention (128 + signal number when killed).
+pub fn supervise(signals: &Signals, child: Pid, orphans: Orphans) -> Result<i32, SandboxError> {
+    loop {
+        let info = match signals.0.read_signal() {
+            Ok(Some(info)) => info,
+            Ok(None) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(SandboxError::setup("read signalfd")(e)),
+        };
+        let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
+            continue;
+        };
+        if signal == Signal::SIGCHLD {
+            if let Some(code) = reap(child)? {
+                if orphans == Orphans::KillAll {
+                    kill_everyone_else();
+                }
+                return Ok(code);
+            }
+        } else if FORWARDED.contains(&signal) {
+            let _ = kill(child, signal);
+        }
+    }
+}
+
+/// Reaps every exited child; `Some(code)` once `child` is among them.
+fn reap(child: Pid) -> Result<Option<i32>, SandboxError> {
+    let mut result = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(result),
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => result = Some(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == child => {
+                result = Some(128 + signal as i32)
+            }
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(SandboxError::setup("waitpid")(e)),
+        }
+    }
+}
+
+/// PID 1's last act: SIGKILL to every other process of its namespace (kill
+/// with pid -1 spares the caller), then reap them all.
+fn kill_everyone_else() {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while !matches!(waitpid(None, None), Err(Errno::ECHILD)) {}
+}

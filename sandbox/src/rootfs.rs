@@ -1,0 +1,294 @@
+//! The sandbox's root filesystem: an overlay of the base on a scratch tmpfs
+//! that lives only in the sandbox's mount namespace, then /proc, a minimal
+//! /dev, /tmp and bind mounts, then pivot_root into it.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::spec::{Bind, InjectedFile};
+use crate::SandboxError;
+
+/// Device nodes bound in from the host: what programs expect to open.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Where the layers live inside the scratch tmpfs.
+pub struct Layers {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub root: PathBuf,
+}
+
+fn none() -> Option<&'static str> {
+    None
+}
+
+/// Stops mounts made here from propagating to the host (and back).
+pub fn make_mounts_private() -> Result<(), SandboxError> {
+    mount(
+        none(),
+        "/",
+        none(),
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        none(),
+    )
+    .map_err(SandboxError::setup("make mount propagation private"))
+}
+
+/// A tmpfs on `scratch` holding the overlay's upper and work directories:
+/// it exists only in this mount namespace, so nothing of the run outlives
+/// it, however the sandbox ends.
+pub fn mount_scratch(scratch: &Path) -> Result<Layers, SandboxError> {
+    mount(
+        Some("tmpfs"),
+        scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .map_err(SandboxError::setup(format!(
+        "mount scratch tmpfs on {}",
+        scratch.display()
+    )))?;
+    let layers = Layers {
+        upper: scratch.join("upper"),
+        work: scratch.join("work"),
+        root: scratch.join("root"),
+    };
+    for dir in [&layers.upper, &layers.work, &layers.root] {
+        fs::create_dir(dir).map_err(SandboxError::io(format!("create {}", dir.display())))?;
+    }
+    Ok(layers)
+}
+
+/// The overlay root: `base` read-only below, writes land in the upper layer.
+pub fn mount_overlay(base: &Path, layers: &Layers) -> Result<(), SandboxError> {
+    for path in [base, &layers.upper, &layers.work] {
+        overlay_safe(path)?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        base.display(),
+        layers.upper.display(),
+        layers.work.display()
+    );
+    mount(
+        Some("overlay"),
+        &layers.root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(SandboxError::setup(format!(
+        "mount overlay of {}",
+        base.display()
+    )))
+}
+
+/// overlayfs splits its options on `,` and `:` and unescapes `\`.
+fn overlay_safe(path: &Path) -> Result<(), SandboxError> {
+    let text = path.to_string_lossy();
+    if text.contains([',', ':', '\\']) {
+        return Err(SandboxError::UnsafePath(path.to_owned()));
+    }
+    Ok(())
+}
+
+/// `path` (absolute, inside the sandbox) under `root`.
+pub fn inside(root: &Path, path: &Path) -> PathBuf {
+    let relative: PathBuf = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    root.join(relative)
+}
+
+/// Host directories bound in, read-only when asked.
+pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
+    for bind in binds {
+        let target = inside(root, &bind.sandbox);
+        if bind.host.is_dir() {
+            fs::create_dir_all(&target)
+        } else {
+            target
+                .parent()
+                .map_or(Ok(()), fs::create_dir_all)
+                .and_then(|()| fs::write(&target, b""))
+        }
+        .map_err(SandboxError::io(format!(
+            "create bind target {}",
+            bind.sandbox.display()
+        )))?;
+        let step = format!("bind {} to {}", bind.host.display(), bind.sandbox.display());
+        mount(
+            Some(&bind.host),
+            &target,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none(),
+        )
+        .map_err(SandboxError::setup(step.clone()))?;
+        if bind.read_only {
+            let flags = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV;
+            mount(none(), &target, none(), flags, none())
+                .map_err(SandboxError::setup(format!("{step} read-only")))?;
+        }
+    }
+    Ok(())
+}
+
+/// A fresh /proc for the sandbox's PID namespace: it shows only the
+/// sandbox's processes.
+pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
+    let target = root.join("proc");
+    fs::create_dir_all(&target).map_err(SandboxError::io("create /proc"))?;
+    mount(
+        Some("proc"),
+        &target,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none(),
+    )
+    .map_err(SandboxError::setup("mount /proc"))
+}
+
+/// A minimal /dev: a few character devices, a private devpts, /dev/shm.
+/// Host disks and everything else in the host's /dev stay invisible.
+pub fn mount_dev(root: &Path) -> Result<(), SandboxError> {
+    let dev = root.join("dev");
+    fs::create_dir_all(&dev).map_err(SandboxError::io("create /dev"))?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    )
+    .map_err(SandboxError::setup("mount /dev tmpfs"))?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        fs::write(&target, b"").map_err(SandboxError::io(format!("create /dev/{name}")))?;
+        mount(
+            Some(&Path::new("/dev").join(name)),
+            &target,
+            none(),
+            MsFlags::MS_BIND,
+            none(),
+        )
+        .map_err(SandboxError::setup(format!("bind /dev/{name}")))?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(SandboxError::io("create /dev/pts"))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(SandboxError::setup("mount /dev/pts"))?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(SandboxError::io("create /dev/shm"))?;
+    mount(
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(SandboxError::setup("mount /dev/shm"))?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(link)).map_err(SandboxError::io(format!("link /dev/{link}")))?;
+    }
+    Ok(())
+}
+
+/// A private /tmp.
+pub fn mount_tmp(root: &Path) -> Result<(), SandboxError> {
+    let tmp = root.join("tmp");
+    fs::create_dir_all(&tmp).map_err(SandboxError::io("create /tmp"))?;
+    mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(SandboxError::setup("mount /tmp"))
+}
+
+/// Makes `root` the root directory and detaches the old one, so no path
+/// leads back to the host's filesystem (the pivot_root(".", ".") idiom of
+/// runc and youki).
+pub fn pivot_into(root: &Path) -> Result<(), SandboxError> {
+    nix::unistd::chdir(root).map_err(SandboxError::setup("chdir to the new root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(SandboxError::setup("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(SandboxError::setup("detach the old root"))?;
+    nix::unistd::chdir("/").map_err(SandboxError::setup("chdir to /"))
+}
+
+/// Contents of the files to inject, read while the host is still visible.
+pub fn read_injected(files: &[InjectedFile]) -> Result<Vec<(PathBuf, Vec<u8>)>, SandboxError> {
+    files
+        .iter()
+        .map(|f| {
+            fs::read(&f.host)
+                .map(|bytes| (f.sandbox.clone(), bytes))
+                .map_err(SandboxError::io(format!("read {}", f.host.display())))
+        })
+        .collect()
+}
+
+/// Lays files over paths inside (after the pivot, so a symlink at the path
+/// is replaced rather than followed to wherever it points).
+pub fn write_injected(files: &[(PathBuf, Vec<u8>)]) -> Result<(), SandboxError> {
+    for (path, bytes) in files {
+        if fs::symlink_metadata(path).is_ok() {
+            fs::remove_file(path)
+                .map_err(SandboxError::io(format!("replace {}", path.display())))?;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(SandboxError::io(format!("create {}", parent.display())))?;
+        }
+        fs::write(path, bytes).map_err(SandboxError::io(format!("write {}", path.display())))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+            .map_err(SandboxError::io(format!("chmod {}", path.display())))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_never_leaves_the_root() {
+        let root = Path::new("/r");
+        assert_eq!(inside(root, Path::new("/data")), PathBuf::from("/r/data"));
+        assert_eq!(
+            inside(root, Path::new("/../../etc")),
+            PathBuf::from("/r/etc")
+        );
+    }
+
+    #[test]
+    fn overlay_options_cannot_be_smuggled_in_paths() {
+        assert!(overlay_safe(Path::new("/srv/base")).is_ok());
+        for bad in ["/a,upperdir=/x", "/a:b", "/a\\b"] {
+            assert!(overlay_safe(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+}

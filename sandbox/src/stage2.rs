@@ -1,0 +1,70 @@
+//! Stage 2: PID 1 of the sandbox. Builds the root filesystem, gives up every
+//! privilege, runs the command and supervises it.
+//!
+//! The order is the one careful runtimes use (nsjail's containProc, youki's
+//! init): every step that needs privilege happens before the step that drops
+//! it, and nothing reaches the command before the last one.
+
+use std::path::Path;
+use std::process::Command;
+
+use nix::unistd::Pid;
+
+use crate::capabilities;
+use crate::reaper::{supervise, Orphans, Signals};
+use crate::rootfs;
+use crate::spec::Spec;
+use crate::stage1::die_with_parent;
+use crate::SandboxError;
+
+pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
+    // 0. The host side's private spec file: read it, then it is of no more use.
+    let spec = Spec::read(spec_path)?;
+    // 1. Namespaces: stage 1 unshared mount, PID, IPC and UTS, the host side
+    //    the network namespace; we are PID 1 of the new PID namespace.
+    //    If stage 1 dies, so do we, and with PID 1 the whole namespace.
+    die_with_parent()?;
+    // 2. Mount propagation private, so no mount below leaks to the host.
+    rootfs::make_mounts_private()?;
+    // 3. Overlay root: the base read-only, writes to an upper layer on a
+    //    tmpfs that exists only in this mount namespace.
+    let layers = rootfs::mount_scratch(&spec.scratch)?;
+    rootfs::mount_overlay(&spec.base, &layers)?;
+    rootfs::mount_binds(&layers.root, &spec.binds)?;
+    // 4. /proc for this PID namespace, a minimal /dev, a private /tmp.
+    rootfs::mount_proc(&layers.root)?;
+    rootfs::mount_dev(&layers.root)?;
+    rootfs::mount_tmp(&layers.root)?;
+    let injected = rootfs::read_injected(&spec.files)?;
+    // 5. pivot_root: the host's filesystem is no longer reachable.
+    rootfs::pivot_into(&layers.root)?;
+    rootfs::write_injected(&injected)?;
+    // 6. Own hostname (UTS namespace).
+    nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
+    // 7. no_new_privs and no capabilities, in every set and the bounding set.
+    capabilities::drop_all()?;
+    // 8. Nothing in the sandbox may read PID 1's memory or environment.
+    nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
+    // 9. Exec the command, and stay as its reaper.
+    let signals = Signals::block()?;
+    let child = command(&spec).spawn().map_err(|e| SandboxError::Io {
+        step: format!("run {}", spec.command.first().map_or("", String::as_str)),
+        source: e,
+    })?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    supervise(&signals, pid, Orphans::KillAll)
+}
+
+fn command(spec: &Spec) -> Command {
+    let (program, args) = spec
+        .command
+        .split_first()
+        .map_or(("/bin/true", &[][..]), |(p, a)| (p.as_str(), a));
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.workdir);
+    command
+}
