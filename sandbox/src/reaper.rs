@@ -3,9 +3,9 @@
 //! the command while reaping every orphan that is re-parented to it.
 //!
 //! SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are forwarded to the child. SIGINT
-//! and SIGQUIT are not: the terminal already delivers them to the whole
-//! foreground process group, the command included, and forwarding would
-//! deliver them twice.
+//! and SIGQUIT are forwarded only when standard input is not a terminal: a
+//! terminal already delivers them to the whole foreground process group,
+//! the command included, and forwarding would deliver them twice.
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
@@ -23,11 +23,22 @@ const FORWARDED: [Signal; 4] = [
 ];
 const FROM_TERMINAL: [Signal; 2] = [Signal::SIGINT, Signal::SIGQUIT];
 
-/// Signals routed to the signalfd. Blocked before the child is spawned so
-/// none is lost in between; std's `Command` clears the mask in the child.
+/// Signals routed to a signalfd, which needs them blocked.
+///
+/// A child inherits its parent's signal mask (std's `Command` does not clear
+/// it), and a command started with SIGCHLD blocked never sees its own
+/// children exit: a shell's `wait` hangs. So a stage clears its mask first
+/// ([`Signals::clear_mask`]), spawns its child, and only then blocks —
+/// reaping once right away so an exit in between is not missed.
 pub struct Signals(SignalFd);
 
 impl Signals {
+    /// Starts from no blocked signals, whatever the parent left.
+    pub fn clear_mask() -> Result<(), SandboxError> {
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(SandboxError::setup("clear the signal mask"))
+    }
+
     pub fn block() -> Result<Signals, SandboxError> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -55,6 +66,16 @@ pub enum Orphans {
 /// Waits for `child`, forwarding signals; returns its exit code in the
 /// shell's convention (128 + signal number when killed).
 pub fn supervise(signals: &Signals, child: Pid, orphans: Orphans) -> Result<i32, SandboxError> {
+    let finish = |code: i32| {
+        if orphans == Orphans::KillAll {
+            kill_everyone_else();
+        }
+        code
+    };
+    // The child may have exited before its SIGCHLD could reach the signalfd.
+    if let Some(code) = reap(child)? {
+        return Ok(finish(code));
+    }
     loop {
         let info = match signals.0.read_signal() {
             Ok(Some(info)) => info,
@@ -66,15 +87,18 @@ pub fn supervise(signals: &Signals, child: Pid, orphans: Orphans) -> Result<i32,
         };
         if signal == Signal::SIGCHLD {
             if let Some(code) = reap(child)? {
-                if orphans == Orphans::KillAll {
-                    kill_everyone_else();
-                }
-                return Ok(code);
+                return Ok(finish(code));
             }
-        } else if FORWARDED.contains(&signal) {
+        } else if FORWARDED.contains(&signal) || !interrupts_come_from_a_terminal() {
             let _ = kill(child, signal);
         }
     }
+}
+
+/// Whether SIGINT/SIGQUIT reach the command from the terminal by themselves.
+pub fn interrupts_come_from_a_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal()
 }
 
 /// Reaps every exited child; `Some(code)` once `child` is among them.

@@ -26,13 +26,14 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
         what: "mount, PID, IPC and UTS",
         source,
     })?;
-    let signals = Signals::block()?;
+    Signals::clear_mask()?;
     let stage2 = Command::new("/proc/self/exe")
         .arg(STAGE2_ARG)
         .arg(spec_path)
         .spawn()
         .map_err(SandboxError::io("start the sandbox's init"))?;
     let pid = Pid::from_raw(i32::try_from(stage2.id()).unwrap_or(i32::MAX));
+    let signals = Signals::block()?;
     supervise(&signals, pid, Orphans::None)
 }
 

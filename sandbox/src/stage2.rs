@@ -45,13 +45,14 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     capabilities::drop_all()?;
     // 8. Nothing in the sandbox may read PID 1's memory or environment.
     nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
-    // 9. Exec the command, and stay as its reaper.
-    let signals = Signals::block()?;
+    // 9. Exec the command, with no signal blocked, and stay as its reaper.
+    Signals::clear_mask()?;
     let child = command(&spec).spawn().map_err(|e| SandboxError::Io {
         step: format!("run {}", spec.command.first().map_or("", String::as_str)),
         source: e,
     })?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let signals = Signals::block()?;
     supervise(&signals, pid, Orphans::KillAll)
 }
 

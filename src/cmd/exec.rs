@@ -11,7 +11,8 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
 use tollgate_proxy::{Listener, Proxy, ProxyConfig};
-use tollgate_sandbox::launch::STAGE1_ARG;
+use tollgate_sandbox::launch::{Stage1, STAGE1_ARG};
+use tollgate_sandbox::reaper::interrupts_come_from_a_terminal;
 use tollgate_sandbox::stage1::STAGE2_ARG;
 use tollgate_sandbox::{Bind, NewFile, Sandbox, Spec};
 
@@ -75,8 +76,8 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
 }
 
 /// Serves the sandbox's proxy until the command exits. SIGTERM and SIGHUP
-/// are passed on to the command; SIGINT and SIGQUIT from the terminal reach
-/// it directly, so here they only mean "keep waiting".
+/// are passed on to the command; so are SIGINT and SIGQUIT unless a terminal
+/// delivers them to the command itself (then here they mean "keep waiting").
 async fn serve_until_exit(
     sandbox: Sandbox,
     listener: std::net::TcpListener,
@@ -97,13 +98,19 @@ async fn serve_until_exit(
             result = &mut waiting => break result.context("sandbox waiter")??,
             _ = terminate.recv() => stage1.signal(Signal::SIGTERM),
             _ = hangup.recv() => stage1.signal(Signal::SIGHUP),
-            _ = interrupt.recv() => {}
-            _ = quit.recv() => {}
+            _ = interrupt.recv() => pass_on(stage1, Signal::SIGINT),
+            _ = quit.recv() => pass_on(stage1, Signal::SIGQUIT),
         }
     };
     proxy.shutdown().await;
     proxy.audit().sync(Duration::from_secs(5));
     Ok(code)
+}
+
+fn pass_on(stage1: Stage1, signal: Signal) {
+    if !interrupts_come_from_a_terminal() {
+        stage1.signal(signal);
+    }
 }
 
 /// The sandbox's spec and the files laid over paths inside it.
