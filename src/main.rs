@@ -15,7 +15,7 @@ use crate::cli::{CaCommand, Cli, Command, PolicyCommand};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    if let Some(code) = cmd::exec::run_stage_if_asked() {
+    if let Some(code) = cmd::exec::run_init_if_asked() {
         return code;
     }
     let cli = Cli::parse();

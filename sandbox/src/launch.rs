@@ -14,18 +14,19 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::init::INIT_ARG;
 use crate::spec::{InjectedFile, NewFile, Spec};
 use crate::SandboxError;
 
-/// The hidden subcommand for stage 1.
-pub const STAGE1_ARG: &str = "__sandbox-stage1";
+/// iproute2, by absolute path: searching PATH cost a dozen failed execs.
+const IP: &str = "/usr/sbin/ip";
 
 /// How the sandboxed command ended, in the shell's convention.
 pub type SandboxExit = i32;
 
 /// A running sandbox. Dropping it removes its run directory.
 pub struct Sandbox {
-    stage1: Pid,
+    init: Pid,
     waiter: Option<JoinHandle<Result<SandboxExit, SandboxError>>>,
     run_dir: PathBuf,
 }
@@ -76,9 +77,9 @@ impl Sandbox {
         let (ready_tx, ready_rx) = mpsc::channel();
         let waiter = std::thread::Builder::new()
             .name("tollgate-sandbox".into())
-            .spawn(move || in_network_namespace(&spec_path, listen, ready_tx))
+            .spawn(move || in_new_namespaces(&spec_path, listen, ready_tx))
             .map_err(SandboxError::io("start the sandbox thread"))?;
-        let (listener, stage1) = match ready_rx.recv() {
+        let (listener, init) = match ready_rx.recv() {
             Ok(ready) => ready,
             Err(_) => {
                 return Err(match waiter.join() {
@@ -91,7 +92,7 @@ impl Sandbox {
         std::mem::forget(guard);
         Ok((
             Sandbox {
-                stage1,
+                init,
                 waiter: Some(waiter),
                 run_dir,
             },
@@ -100,8 +101,8 @@ impl Sandbox {
     }
 
     /// A handle for signalling the sandbox while another thread waits.
-    pub fn stage1(&self) -> Stage1 {
-        Stage1(self.stage1)
+    pub fn init(&self) -> Init {
+        Init(self.init)
     }
 
     /// Waits for the command's exit code.
@@ -119,11 +120,11 @@ impl Drop for Sandbox {
     }
 }
 
-/// Sends signals to stage 1, which passes them on to the command.
+/// Sends signals to the sandbox's PID 1, which passes them on to the command.
 #[derive(Debug, Clone, Copy)]
-pub struct Stage1(Pid);
+pub struct Init(Pid);
 
-impl Stage1 {
+impl Init {
     pub fn signal(self, signal: Signal) {
         let _ = kill(self.0, signal);
     }
@@ -138,12 +139,13 @@ impl Drop for RunDir {
     }
 }
 
-/// Runs on its own thread, because a network namespace entered with
-/// unshare belongs to the calling thread: create the namespace, bring `lo`
-/// up, bind the proxy's listener, start stage 1 (which inherits the
-/// namespace), then stay — stage 1's parent-death signal is tied to this
-/// thread — until it exits.
-fn in_network_namespace(
+/// Runs on its own thread, because namespaces entered with unshare belong
+/// to the calling thread: create the network namespace, bring `lo` up and
+/// bind the proxy's listener there; then the mount, PID, IPC and UTS
+/// namespaces (after `ip` ran, which would otherwise become PID 1); start
+/// PID 1, which inherits them all, and stay — its parent-death signal is
+/// tied to this thread — until it exits.
+fn in_new_namespaces(
     spec_path: &Path,
     listen: SocketAddr,
     ready: mpsc::Sender<(TcpListener, Pid)>,
@@ -156,16 +158,26 @@ fn in_network_namespace(
     let listener = TcpListener::bind(listen).map_err(SandboxError::io(format!(
         "bind the proxy on {listen} inside the sandbox"
     )))?;
-    let mut stage1 = Command::new("/proc/self/exe")
-        .arg(STAGE1_ARG)
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS,
+    )
+    .map_err(|source| SandboxError::Namespace {
+        what: "mount, PID, IPC and UTS",
+        source,
+    })?;
+    let mut init = Command::new("/proc/self/exe")
+        .arg(INIT_ARG)
         .arg(spec_path)
         .spawn()
         .map_err(SandboxError::io("start the sandbox"))?;
-    let pid = Pid::from_raw(i32::try_from(stage1.id()).unwrap_or(i32::MAX));
+    let pid = Pid::from_raw(i32::try_from(init.id()).unwrap_or(i32::MAX));
     if ready.send((listener, pid)).is_err() {
-        let _ = stage1.kill();
+        let _ = init.kill();
     }
-    let status = stage1
+    let status = init
         .wait()
         .map_err(SandboxError::io("wait for the sandbox"))?;
     Ok(status.code().unwrap_or(137))
@@ -175,7 +187,7 @@ fn in_network_namespace(
 /// alternative is a raw netlink or ioctl call this crate would need unsafe
 /// code for.
 fn bring_up_loopback() -> Result<(), SandboxError> {
-    let status = Command::new("ip")
+    let status = Command::new(IP)
         .args(["link", "set", "lo", "up"])
         .status()
         .map_err(|e| SandboxError::Io {

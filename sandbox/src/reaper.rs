@@ -1,6 +1,6 @@
-//! Supervising a child from a process whose signals arrive on a signalfd:
-//! stage 1 waits for stage 2, and stage 2 (PID 1 of the sandbox) waits for
-//! the command while reaping every orphan that is re-parented to it.
+//! PID 1's supervision of the command, with signals arriving on a signalfd:
+//! wait for the command while reaping every orphan re-parented to PID 1,
+//! and when the command exits, take every other process down with it.
 //!
 //! SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are forwarded to the child. SIGINT
 //! and SIGQUIT are forwarded only when standard input is not a terminal: a
@@ -53,23 +53,12 @@ impl Signals {
     }
 }
 
-/// What happens to the rest of the PID namespace when the child exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Orphans {
-    /// Stage 2: kill every remaining process (background jobs die with the
-    /// command) and reap them.
-    KillAll,
-    /// Stage 1: there are none.
-    None,
-}
-
 /// Waits for `child`, forwarding signals; returns its exit code in the
-/// shell's convention (128 + signal number when killed).
-pub fn supervise(signals: &Signals, child: Pid, orphans: Orphans) -> Result<i32, SandboxError> {
+/// shell's convention (128 + signal number when killed). Background jobs
+/// die with the command.
+pub fn supervise(signals: &Signals, child: Pid) -> Result<i32, SandboxError> {
     let finish = |code: i32| {
-        if orphans == Orphans::KillAll {
-            kill_everyone_else();
-        }
+        kill_everyone_else();
         code
     };
     // The child may have exited before its SIGCHLD could reach the signalfd.

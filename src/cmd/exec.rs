@@ -11,9 +11,9 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
 use tollgate_proxy::{Listener, Proxy, ProxyConfig};
-use tollgate_sandbox::launch::{Stage1, STAGE1_ARG};
+use tollgate_sandbox::init::INIT_ARG;
+use tollgate_sandbox::launch::Init;
 use tollgate_sandbox::reaper::interrupts_come_from_a_terminal;
-use tollgate_sandbox::stage1::STAGE2_ARG;
 use tollgate_sandbox::{Bind, NewFile, Sandbox, Spec};
 
 use crate::cli::ExecArgs;
@@ -32,19 +32,14 @@ const BUNDLE_FILE: &str = "/etc/tollgate/ca-bundle.pem";
 const RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n";
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Runs stage 1 or 2 when this process was started as one; `None` otherwise.
-pub fn run_stage_if_asked() -> Option<ExitCode> {
+/// Runs the sandbox's PID 1 when this process was started as it.
+pub fn run_init_if_asked() -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
-    let stage = args.next()?;
-    let spec = PathBuf::from(args.next()?);
-    let result = if stage == STAGE1_ARG {
-        tollgate_sandbox::stage1::run(&spec)
-    } else if stage == STAGE2_ARG {
-        tollgate_sandbox::stage2::run(&spec)
-    } else {
+    if args.next()? != INIT_ARG {
         return None;
-    };
-    Some(match result {
+    }
+    let spec = PathBuf::from(args.next()?);
+    Some(match tollgate_sandbox::init::run(&spec) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("tollgate: sandbox: {e}");
@@ -91,15 +86,15 @@ async fn serve_until_exit(
     let mut hangup = signal(SignalKind::hangup())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
-    let stage1 = sandbox.stage1();
+    let init = sandbox.init();
     let mut waiting = tokio::task::spawn_blocking(move || sandbox.wait());
     let code = loop {
         tokio::select! {
             result = &mut waiting => break result.context("sandbox waiter")??,
-            _ = terminate.recv() => stage1.signal(Signal::SIGTERM),
-            _ = hangup.recv() => stage1.signal(Signal::SIGHUP),
-            _ = interrupt.recv() => pass_on(stage1, Signal::SIGINT),
-            _ = quit.recv() => pass_on(stage1, Signal::SIGQUIT),
+            _ = terminate.recv() => init.signal(Signal::SIGTERM),
+            _ = hangup.recv() => init.signal(Signal::SIGHUP),
+            _ = interrupt.recv() => pass_on(init, Signal::SIGINT),
+            _ = quit.recv() => pass_on(init, Signal::SIGQUIT),
         }
     };
     proxy.shutdown().await;
@@ -107,9 +102,9 @@ async fn serve_until_exit(
     Ok(code)
 }
 
-fn pass_on(stage1: Stage1, signal: Signal) {
+fn pass_on(init: Init, signal: Signal) {
     if !interrupts_come_from_a_terminal() {
-        stage1.signal(signal);
+        init.signal(signal);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Stage 2: PID 1 of the sandbox. Builds the root filesystem, gives up every
+//! PID 1 of the sandbox. Builds the root filesystem, gives up every
 //! privilege, runs the command and supervises it.
 //!
 //! The order is the one careful runtimes use (nsjail's containProc, youki's
@@ -11,18 +11,17 @@ use std::process::Command;
 use nix::unistd::Pid;
 
 use crate::capabilities;
-use crate::reaper::{supervise, Orphans, Signals};
+use crate::reaper::{supervise, Signals};
 use crate::rootfs;
 use crate::spec::Spec;
-use crate::stage1::die_with_parent;
 use crate::SandboxError;
 
 pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     // 0. The host side's private spec file: read it, then it is of no more use.
     let spec = Spec::read(spec_path)?;
-    // 1. Namespaces: stage 1 unshared mount, PID, IPC and UTS, the host side
-    //    the network namespace; we are PID 1 of the new PID namespace.
-    //    If stage 1 dies, so do we, and with PID 1 the whole namespace.
+    // 1. Namespaces: the host side created network, mount, PID, IPC and UTS
+    //    namespaces for us; we are PID 1 of the new PID namespace. If the
+    //    host side dies, so do we, and with PID 1 the whole namespace.
     die_with_parent()?;
     // 2. Mount propagation private, so no mount below leaks to the host.
     rootfs::make_mounts_private()?;
@@ -53,7 +52,22 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     })?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let signals = Signals::block()?;
-    supervise(&signals, pid, Orphans::KillAll)
+    supervise(&signals, pid)
+}
+
+/// The hidden subcommand the host side runs for PID 1.
+pub const INIT_ARG: &str = "__sandbox-init";
+
+/// SIGKILL when the host side goes, and the PID namespace with us.
+fn die_with_parent() -> Result<(), SandboxError> {
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(SandboxError::setup("set parent-death signal"))?;
+    // The parent may have died before the line above: then we are orphaned.
+    if nix::unistd::getppid() != parent {
+        std::process::exit(137);
+    }
+    Ok(())
 }
 
 fn command(spec: &Spec) -> Command {
