@@ -33,6 +33,13 @@ TLS_REQUESTS=${BENCH_TLS_REQUESTS:-3000} # small HTTPS GETs per curl run
 TLS_PARALLEL=${BENCH_TLS_PARALLEL:-16}   # curl --parallel-max (kept-alive connections)
 TLS_MINT_HOSTS=${BENCH_TLS_MINT_HOSTS:-20}  # fresh names for the handshake test
 TLS_HOSTS=${BENCH_TLS_HOSTS:-10000}      # distinct names for the memory test
+# which sections run: "" = all; proxy = proxy and TLS sections; sandbox =
+# sandbox start-up only (no nginx, squid or tinyproxy; quick to re-run)
+ONLY=${BENCH_ONLY:-}
+# sandbox start-up section (see README, "Sandbox start-up")
+SBX_RUNS=${BENCH_SANDBOX_RUNS:-200}      # hyperfine --runs per command
+SBX_WARMUP=${BENCH_SANDBOX_WARMUP:-20}   # hyperfine --warmup per command
+SBX_TARGET=2.0                           # tollgate / bwrap start-up, at most
 
 HOST=127.0.0.1
 UP_HTTP=18080
@@ -45,12 +52,17 @@ declare -A TLS_PORT=([mitm]=13131 [mem_keepalive]=13132 [mem_close]=13133)
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct tollgate squid tinyproxy}"
 
 for v in LARGE_MB REPEAT DURATION WARMUP WRK_THREADS WRK_CONNS \
-         TLS_ON TLS_REQUESTS TLS_PARALLEL TLS_MINT_HOSTS TLS_HOSTS; do
+         TLS_ON TLS_REQUESTS TLS_PARALLEL TLS_MINT_HOSTS TLS_HOSTS SBX_RUNS SBX_WARMUP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number, got '${!v}'" >&2; exit 2; }
 done
 ((LARGE_MB > 0 && REPEAT > 0 && DURATION > 0)) || { echo "bench: sizes/counts must be > 0" >&2; exit 2; }
 ((TLS_REQUESTS > 0 && TLS_PARALLEL > 0 && TLS_MINT_HOSTS > 0 && TLS_HOSTS > 0)) \
     || { echo "bench: BENCH_TLS_* counts must be > 0" >&2; exit 2; }
+((SBX_RUNS >= 2)) || { echo "bench: BENCH_SANDBOX_RUNS must be >= 2" >&2; exit 2; }
+case $ONLY in
+    "" | proxy | sandbox) ;;
+    *) echo "bench: BENCH_ONLY must be empty, 'proxy' or 'sandbox', got '$ONLY'" >&2; exit 2 ;;
+esac
 
 # Never use an ambient proxy. Note: no_proxy is unset rather than set, because
 # curl applies no_proxy even to an explicit --proxy, which would silently turn
@@ -72,6 +84,8 @@ declare -A MLABEL=() MFMT=() MTABLE=()
 TLS_DOWN=""              # why the TLS interception section has no numbers
 TLS_CA=""                # the intercepting tollgate's CA certificate
 declare -A TLSR=()       # TLS interception results ("" = failed / n/a)
+SBX_DOWN=""              # why the sandbox start-up section has no numbers
+declare -A SBX=()        # sandbox start-up results ("" = failed / n/a)
 
 # def_metric KEY LABEL PRINTF-FORMAT IN-TABLE(1|0)
 def_metric() { METRICS+=("$1"); MLABEL[$1]=$2; MFMT[$1]=$3; MTABLE[$1]=$4; }
@@ -92,6 +106,8 @@ warn() { printf '[bench %s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2; NOTES+=
 die()  { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 is_proxy() { [[ $1 != direct ]]; }
+want_proxy() { [[ $ONLY != sandbox ]]; }    # proxy + TLS sections
+want_sandbox() { [[ $ONLY != proxy ]]; }    # sandbox start-up section
 selected() { local t; for t in "${TARGETS[@]}"; do [[ $t == "$1" ]] && return 0; done; return 1; }
 up() { selected "$1" && [[ -z ${DOWN[$1]:-} ]]; }
 mark_down() { DOWN[$1]=$2; log "NOT MEASURED: $1: $2"; }
@@ -151,9 +167,13 @@ install_peers() {
     # command -> Debian package(s), first one that exists wins
     local -A want=([nginx]="nginx-light nginx" [squid]=squid [tinyproxy]=tinyproxy
                    [wrk]=wrk [openssl]=openssl [curl]=curl [bwrap]=bubblewrap
-                   [hyperfine]=hyperfine [fallocate]=util-linux)
-    local cmd pkg cand missing=() fresh=()
-    for cmd in nginx squid tinyproxy wrk openssl curl bwrap hyperfine fallocate; do
+                   [hyperfine]=hyperfine [fallocate]=util-linux [unshare]=util-linux
+                   [ip]=iproute2)
+    local cmd pkg cand need=() missing=() fresh=()
+    want_proxy && need+=(nginx squid tinyproxy wrk openssl curl fallocate)
+    # ip: tollgate exec brings up lo in the sandbox with `ip link set lo up`
+    want_sandbox && need+=(bwrap hyperfine unshare ip)
+    for cmd in "${need[@]}"; do
         # squid/nginx/tinyproxy live in /usr/sbin, which a non-root PATH may lack
         have "$cmd" || [[ -x /usr/sbin/$cmd ]] || missing+=("$cmd")
     done
@@ -190,7 +210,7 @@ install_peers() {
 
 # ------------------------------------------------------------ build_tollgate --
 build_tollgate() {
-    selected tollgate || return 0
+    selected tollgate || want_sandbox || return 0
     if [[ $SKIP_BUILD == 1 ]]; then log "BENCH_SKIP_BUILD=1: using $TOLLGATE_BIN as is"; return; fi
     [[ -d $HOME/.cargo/bin ]] && export PATH="$PATH:$HOME/.cargo/bin"
     if ! have cargo; then
@@ -873,17 +893,116 @@ measure_tls_memory() {
     done
 }
 
+# ------------------------------------------------- measure_sandbox_startup --
+# Start-up of a sandbox around /bin/true, tollgate against bubblewrap, with
+# hyperfine (-N: no shell in between) in one invocation, so side by side:
+#   true      /bin/true itself: the floor (fork + exec + exit in hyperfine)
+#   unshare   new net, mount, PID, IPC and UTS namespaces, nothing else
+#   bwrap     bubblewrap with every namespace, / read-only, /dev and /proc
+#   tollgate  tollgate exec --policy off: the same namespaces, an overlay
+#             root, lo up, and the proxy listening inside
+# tollgate runs with TOLLGATE_STATE_DIR on an empty directory (so no CA from
+# /var/lib/tollgate turns interception on) and TMPDIR in our temp dir (its
+# per-run directories land there, and we can check they are all removed).
+SBX_NAMES=(true unshare bwrap tollgate)
+declare -A SBX_CMD=()
+declare -A SBX_LABEL=([true]="/bin/true" [unshare]="unshare (5 namespaces)"
+                      [bwrap]="bwrap --unshare-all" [tollgate]="tollgate exec --policy off")
+
+sbx_down() { SBX_DOWN=$1; log "sandbox start-up NOT MEASURED: $1"; }
+
+# sbx_field CSV NAME COLUMN -> that column of hyperfine's CSV row NAME, in ms
+sbx_field() {
+    awk -F, -v n="$2" -v c="$3" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        $1 == n && (c in col) && $col[c] != "" { printf "%.3f", $col[c] * 1000 }' "$1"
+}
+
+measure_sandbox() {
+    want_sandbox || return 0
+    local d=$T/sandbox name out rc left args=() ok=()
+    if [[ $EUID != 0 ]]; then sbx_down "needs root (tollgate exec and unshare do)"; return 0; fi
+    have hyperfine || { sbx_down "hyperfine not found"; return 0; }
+    mkdir -p "$d/state" "$d/tmp"
+    SBX_CMD[true]=/bin/true
+    SBX_CMD[unshare]="unshare --net --mount --pid --fork --ipc --uts /bin/true"
+    SBX_CMD[bwrap]="bwrap --unshare-all --ro-bind / / --dev /dev --proc /proc /bin/true"
+    # hyperfine -N splits the command line like a shell: quote the path
+    SBX_CMD[tollgate]="$(printf '%q' "$TOLLGATE_BIN") exec --policy off -- /bin/true"
+    # each command once, untimed: it must exit 0 (hyperfine stops at the
+    # first failure), or it is left out with the reason
+    for name in "${SBX_NAMES[@]}"; do
+        if [[ $name == tollgate && -n ${DOWN[tollgate]:-} ]]; then
+            SBX[fail/$name]=${DOWN[tollgate]}
+        elif [[ $name == tollgate && ! -x $TOLLGATE_BIN ]]; then
+            SBX[fail/$name]="no binary at $TOLLGATE_BIN"
+        else
+            rc=0
+            out=$(TOLLGATE_STATE_DIR=$d/state TMPDIR=$d/tmp timeout 20 \
+                bash -c "exec ${SBX_CMD[$name]}" 2>&1 </dev/null) || rc=$?
+            if ((rc != 0)); then
+                SBX[fail/$name]="\`${SBX_CMD[$name]}\` exited with status $rc: $(head -n 1 <<<"$out")"
+            fi
+        fi
+        if [[ -n ${SBX[fail/$name]:-} ]]; then
+            warn "sandbox start-up: $name not measured: ${SBX[fail/$name]}"
+            continue
+        fi
+        ok+=("$name")
+        args+=(-n "$name" "${SBX_CMD[$name]}")
+    done
+    if ((${#ok[@]} == 0)); then sbx_down "no command ran (reasons in the notes)"; return 0; fi
+    # its own sample: in a full run this section comes minutes after busy_check
+    SBX[busy]=$(cpu_busy_pct)
+    log "CPU busy before the sandbox start-up runs: ${SBX[busy]:-?}% of $(nproc) CPUs"
+    if [[ -n ${SBX[busy]} ]] && ((SBX[busy] > 20)); then
+        warn "sandbox start-up: other work kept the CPUs ${SBX[busy]}% busy just before measuring; start-up times are unreliable, rerun on a quiet machine"
+    fi
+    log "measuring sandbox start-up: hyperfine -N --warmup $SBX_WARMUP --runs $SBX_RUNS: ${ok[*]}"
+    if ! TOLLGATE_STATE_DIR=$d/state TMPDIR=$d/tmp hyperfine -N --style basic \
+        --warmup "$SBX_WARMUP" --runs "$SBX_RUNS" \
+        --export-json "$d/hyperfine.json" --export-csv "$d/hyperfine.csv" \
+        "${args[@]}" >"$d/hyperfine.txt" 2>&1 </dev/null; then
+        log_tail "$d/hyperfine.txt"
+        sbx_down "hyperfine failed (log above)"
+        return 0
+    fi
+    for name in "${ok[@]}"; do
+        SBX[mean/$name]=$(sbx_field "$d/hyperfine.csv" "$name" mean)
+        SBX[stddev/$name]=$(sbx_field "$d/hyperfine.csv" "$name" stddev)
+        SBX[median/$name]=$(sbx_field "$d/hyperfine.csv" "$name" median)
+        SBX[min/$name]=$(sbx_field "$d/hyperfine.csv" "$name" min)
+        SBX[max/$name]=$(sbx_field "$d/hyperfine.csv" "$name" max)
+        SBX[user/$name]=$(sbx_field "$d/hyperfine.csv" "$name" user)
+        SBX[system/$name]=$(sbx_field "$d/hyperfine.csv" "$name" system)
+        log "  $name: ${SBX[mean/$name]:-?} ± ${SBX[stddev/$name]:-?} ms, median ${SBX[median/$name]:-?} ms"
+    done
+    SBX[ratio]=$(ratio "${SBX[median/tollgate]:-}" "${SBX[median/bwrap]:-}")
+    SBX[ratio_mean]=$(ratio "${SBX[mean/tollgate]:-}" "${SBX[mean/bwrap]:-}")
+    SBX[check]=$(check_max "${SBX[ratio]}" "$SBX_TARGET")
+    mkdir -p "$BENCH_DIR/results"
+    cp "$d/hyperfine.json" "$BENCH_DIR/results/sandbox-hyperfine.json" && SBX[export]=bench/results/sandbox-hyperfine.json
+    # tollgate removes its run directory (spec, scratch mount point) on exit
+    left=$(find "$d/tmp" -mindepth 1 -maxdepth 1 -name 'tollgate-run-*' | wc -l)
+    ((left == 0)) || warn "sandbox start-up: $left tollgate run directories were left in $d/tmp"
+    if [[ ${SBX[check]} == FAIL ]]; then
+        warn "sandbox start-up: tollgate is over its target; to see where the time goes: strace -f -c -w $TOLLGATE_BIN exec --policy off -- /bin/true (per-syscall time) or perf stat -e task-clock,context-switches,cpu-migrations,page-faults $TOLLGATE_BIN exec --policy off -- /bin/true"
+    fi
+}
+
 # busy_check: before measuring, sample how busy the CPUs are for 2 s (all our
 # servers are idle then); note it when other work competes with the benchmark.
 BUSY_PCT=""
-busy_check() {
+cpu_busy_pct() { # cpu_busy_pct -> % of all CPUs busy over the next 2 s
     local a b
     a=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
     sleep 2
     b=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
-    BUSY_PCT=$(awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
         busy = y[1] - x[1]; idle = y[2] - x[2]
-        if (busy + idle > 0) printf "%.0f", 100 * busy / (busy + idle) }')
+        if (busy + idle > 0) printf "%.0f", 100 * busy / (busy + idle) }'
+}
+busy_check() {
+    BUSY_PCT=$(cpu_busy_pct)
     log "CPU busy before measuring: ${BUSY_PCT:-?}% of $(nproc) CPUs"
     if [[ -n $BUSY_PCT ]] && ((BUSY_PCT > 20)); then
         warn "other work kept the CPUs ${BUSY_PCT}% busy just before measuring; numbers are unreliable, rerun on a quiet machine"
@@ -902,12 +1021,45 @@ xfmt() { if [[ -n $1 ]]; then echo "${1}x"; else echo "n/a"; fi; }
 
 # check NAME VALUE MIN -> "PASS"/"FAIL"/"n/a"
 check() { [[ -z $2 ]] && echo "n/a" && return; awk -v v="$2" -v m="$3" 'BEGIN { print (v >= m ? "PASS" : "FAIL") }'; }
+# check_max VALUE MAX -> "PASS"/"FAIL"/"n/a"
+check_max() { [[ -z $1 ]] && echo "n/a" && return; awk -v v="$1" -v m="$2" 'BEGIN { print (v <= m ? "PASS" : "FAIL") }'; }
 
 report() {
-    local m t line v tg_sq tg_tp c1 c2 c3 c4 r1 r2 r3 r4
-    local tw=34 cw=11
+    local m t line v tg_sq tg_tp c1="" c2="" c3="" c4="" r1="" r2="" r3="" r4=""
     echo
     echo "tollgate benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(nproc) CPUs, kernel $(uname -r)"
+    if want_proxy; then report_proxy; fi
+    if want_sandbox; then report_sandbox; fi
+    echo
+    echo "targets (tollgate):"
+    if want_proxy; then
+        printf "  %-36s %8s  %s\n" "CONNECT      >= 0.9x direct" "$(xfmt "$r1")" "$c1"
+        printf "  %-36s %8s  %s\n" "plain HTTP   >= 1.5x squid" "$(xfmt "$r2")" "$c2"
+        printf "  %-36s %8s  %s\n" "small req/s  >= 2x squid" "$(xfmt "$r3")" "$c3"
+        printf "  %-36s %8s  %s\n" "intercepted  >= 0.5x plain CONNECT" "$(xfmt "$r4")" "$c4"
+    fi
+    if want_sandbox; then
+        printf "  %-36s %8s  %s\n" "start-up     <= ${SBX_TARGET}x bwrap (median)" "$(xfmt "${SBX[ratio]:-}")" "${SBX[check]:-n/a}"
+    fi
+    if want_proxy && ((${#DOWN[@]} > 0)); then
+        echo
+        echo "not measured:"
+        for t in "${TARGETS[@]}"; do [[ -n ${DOWN[$t]:-} ]] && echo "  $t: ${DOWN[$t]}"; done
+    fi
+    if ((${#NOTES[@]} > 0)); then
+        echo
+        echo "notes:"
+        local n; for n in "${NOTES[@]}"; do echo "  - $n"; done
+    fi
+    echo
+
+    write_json "$r1" "$r2" "$r3" "$c1" "$c2" "$c3" "$r4" "$c4"
+}
+
+# report_proxy: the proxy tables and the TLS block; sets r1..r4 and c1..c4
+# of report() (the target ratios and their checks) for its footer.
+report_proxy() {
+    local tw=34 cw=11
     echo "upstream nginx 127.0.0.1 (/large ${LARGE_MB} MiB, /small ${SMALL_BYTES} B); curl best of $REPEAT; wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s"
     echo "HTTPS GETs: one curl, $TLS_REQUESTS x /small, --http1.1 --parallel-max $TLS_PARALLEL; CPU busy before measuring: ${BUSY_PCT:-?}%"
     echo
@@ -949,25 +1101,29 @@ report() {
     r4=${TLSR[ratio]:-}
     c1=$(check x "$r1" 0.9); c2=$(check x "$r2" 1.5); c3=$(check x "$r3" 2); c4=$(check x "$r4" 0.5)
     report_tls
-    echo
-    echo "targets (tollgate):"
-    printf "  %-36s %8s  %s\n" "CONNECT      >= 0.9x direct" "$(xfmt "$r1")" "$c1"
-    printf "  %-36s %8s  %s\n" "plain HTTP   >= 1.5x squid" "$(xfmt "$r2")" "$c2"
-    printf "  %-36s %8s  %s\n" "small req/s  >= 2x squid" "$(xfmt "$r3")" "$c3"
-    printf "  %-36s %8s  %s\n" "intercepted  >= 0.5x plain CONNECT" "$(xfmt "$r4")" "$c4"
-    if ((${#DOWN[@]} > 0)); then
-        echo
-        echo "not measured:"
-        for t in "${TARGETS[@]}"; do [[ -n ${DOWN[$t]:-} ]] && echo "  $t: ${DOWN[$t]}"; done
-    fi
-    if ((${#NOTES[@]} > 0)); then
-        echo
-        echo "notes:"
-        local n; for n in "${NOTES[@]}"; do echo "  - $n"; done
-    fi
-    echo
+}
 
-    write_json "$r1" "$r2" "$r3" "$c1" "$c2" "$c3" "$r4" "$c4"
+report_sandbox() {
+    local name tw=30 base
+    echo
+    echo "sandbox start-up (hyperfine -N, $SBX_WARMUP warm-up + $SBX_RUNS runs per command, as root; ms); CPU busy before: ${SBX[busy]:-?}%"
+    if [[ -n $SBX_DOWN ]]; then echo "  not measured: $SBX_DOWN"; return; fi
+    printf "  %-${tw}s%20s%10s%10s%14s\n" "" "mean ± stddev" "median" "min" "median-true"
+    for name in "${SBX_NAMES[@]}"; do
+        if [[ -n ${SBX[fail/$name]:-} || -z ${SBX[mean/$name]:-} ]]; then
+            printf "  %-${tw}s%20s\n" "${SBX_LABEL[$name]}" "n/a"
+            continue
+        fi
+        base=$(awk -v a="${SBX[median/$name]}" -v b="${SBX[median/true]:-}" 'BEGIN { if (b != "") printf "%+.2f", a - b; else print "n/a" }')
+        printf "  %-${tw}s%20s%10s%10s%14s\n" "${SBX_LABEL[$name]}" \
+            "$(fnum "%.2f" "${SBX[mean/$name]}") ± $(fnum "%.2f" "${SBX[stddev/$name]:-}")" \
+            "$(fnum "%.2f" "${SBX[median/$name]}")" "$(fnum "%.2f" "${SBX[min/$name]}")" "$base"
+    done
+    printf "  %-${tw}s%8s   target <= %sx: %s\n" "tollgate / bwrap, median" "$(xfmt "${SBX[ratio]:-}")" \
+        "$SBX_TARGET" "${SBX[check]:-n/a}"
+    printf "  %-${tw}s%8s\n" "tollgate / bwrap, mean" "$(xfmt "${SBX[ratio_mean]:-}")"
+    echo "  commands:"
+    for name in "${SBX_NAMES[@]}"; do printf "    %-10s%s\n" "$name" "${SBX_CMD[$name]:-}"; done
 }
 
 report_tls() {
@@ -1052,81 +1208,131 @@ json_tls() {
     printf '}\n  },\n'
 }
 
+# json_proxy REV: the proxy sections' members of latest.json
+json_proxy() {
+    local first m t sep rev=$1
+    printf '  "params": {"large_mib": %s, "small_bytes": %s, "repeat": %s, "seconds": %s, "warmup_seconds": %s, "wrk_threads": %s, "wrk_connections": %s},\n' \
+        "$LARGE_MB" "$SMALL_BYTES" "$REPEAT" "$DURATION" "$WARMUP" "$WRK_THREADS" "$WRK_CONNS"
+    printf '  "versions": {"tollgate": %s, "nginx": %s, "squid": %s, "tinyproxy": %s, "curl": %s, "wrk": %s},\n' \
+        "$(json_str "$rev")" \
+        "$(json_str "$(nginx -v 2>&1 | sed 's/^nginx version: //')")" \
+        "$(json_str "$(squid -v 2>/dev/null | awk 'NR == 1 { print $NF }')")" \
+        "$(json_str "$(tinyproxy -v 2>&1 | awk '{ print $NF }')")" \
+        "$(json_str "$(curl -q --version | awk 'NR == 1 { print $2 }')")" \
+        "$(json_str "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')")"
+    printf '  "ports": {"upstream_http": %s, "upstream_tls": %s' "$UP_HTTP" "$UP_TLS"
+    for t in tollgate squid tinyproxy; do printf ', "%s": %s' "$t" "${PORT[$t]}"; done
+    printf ', "upstream_tls_no_keepalive": %s' "$UP_TLS_CLOSE"
+    for t in mitm mem_keepalive mem_close; do printf ', "tollgate_%s": %s' "$t" "${TLS_PORT[$t]}"; done
+    printf '},\n  "available": {'
+    first=1
+    for t in "${TARGETS[@]}"; do
+        ((first)) || printf ', '; first=0
+        if [[ -n ${DOWN[$t]:-} ]]; then printf '"%s": %s' "$t" "$(json_str "${DOWN[$t]}")"; else printf '"%s": true' "$t"; fi
+    done
+    printf '},\n  "results": {\n'
+    sep=""
+    for m in "${METRICS[@]}"; do
+        printf '%s    "%s": {' "$sep" "$m"; sep=$',\n'
+        first=1
+        for t in "${TARGETS[@]}"; do
+            ((first)) || printf ', '; first=0
+            printf '"%s": %s' "$t" "$(json_num "${RES[$m/$t]:-}")"
+        done
+        printf '}'
+    done
+    printf '\n  },\n  "ratios_to_direct": {\n'
+    sep=""
+    for m in plain_http_mbps connect_mbps small_rps tls_small_rps; do
+        printf '%s    "%s": {' "$sep" "$m"; sep=$',\n'
+        first=1
+        for t in "${TARGETS[@]}"; do
+            is_proxy "$t" || continue
+            ((first)) || printf ', '; first=0
+            printf '"%s": %s' "$t" "$(json_num "$(ratio "${RES[$m/$t]:-}" "${RES[$m/direct]:-}")")"
+        done
+        printf '}'
+    done
+    printf '\n  },\n  "tollgate_vs": {\n'
+    sep=""
+    for m in plain_http_mbps connect_mbps small_rps tls_small_rps rss_hwm_mib; do
+        printf '%s    "%s": {"squid": %s, "tinyproxy": %s}' "$sep" "$m" \
+            "$(json_num "$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/squid]:-}")")" \
+            "$(json_num "$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/tinyproxy]:-}")")"
+        sep=$',\n'
+    done
+    printf '\n  },\n'
+    json_tls
+}
+
+# json_sandbox REV: the "sandbox_startup" member of latest.json
+json_sandbox() {
+    local name first=1
+    printf '  "sandbox_startup": {\n'
+    printf '    "measured": %s,\n' "$(if [[ -z $SBX_DOWN ]]; then printf true; else json_str "$SBX_DOWN"; fi)"
+    printf '    "tool": "hyperfine -N", "warmup": %s, "runs": %s, "unit": "ms", "cpu_busy_pct_before": %s,\n' \
+        "$SBX_WARMUP" "$SBX_RUNS" "$(json_num "${SBX[busy]:-}")"
+    printf '    "versions": {"tollgate": %s, "bwrap": %s, "unshare": %s, "hyperfine": %s},\n' \
+        "$(json_str "$1")" \
+        "$(json_str "$(bwrap --version 2>/dev/null | awk '{ print $NF }')")" \
+        "$(json_str "$(unshare --version 2>/dev/null | awk '{ print $NF }')")" \
+        "$(json_str "$(hyperfine --version 2>/dev/null | awk '{ print $NF }')")"
+    printf '    "commands": {'
+    for name in "${SBX_NAMES[@]}"; do
+        ((first)) || printf ', '; first=0
+        printf '\n      "%s": {"command": %s, "measured": %s, "mean": %s, "stddev": %s, "median": %s, "min": %s, "max": %s, "user": %s, "system": %s}' \
+            "$name" "$(json_str "${SBX_CMD[$name]:-}")" \
+            "$(if [[ -n ${SBX[fail/$name]:-} ]]; then json_str "${SBX[fail/$name]}"; elif [[ -n ${SBX[mean/$name]:-} ]]; then printf true; else printf false; fi)" \
+            "$(json_num "${SBX[mean/$name]:-}")" "$(json_num "${SBX[stddev/$name]:-}")" "$(json_num "${SBX[median/$name]:-}")" \
+            "$(json_num "${SBX[min/$name]:-}")" "$(json_num "${SBX[max/$name]:-}")" \
+            "$(json_num "${SBX[user/$name]:-}")" "$(json_num "${SBX[system/$name]:-}")"
+    done
+    printf '\n    },\n'
+    printf '    "ratio_tollgate_to_bwrap": {"median": %s, "mean": %s, "max": %s, "result": "%s"},\n' \
+        "$(json_num "${SBX[ratio]:-}")" "$(json_num "${SBX[ratio_mean]:-}")" "$SBX_TARGET" "${SBX[check]:-n/a}"
+    printf '    "hyperfine_export": %s\n' "$(if [[ -n ${SBX[export]:-} ]]; then json_str "${SBX[export]}"; else printf null; fi)"
+    printf '  },\n'
+}
+
 write_json() {
-    local dir=$BENCH_DIR/results f first m t sep n rev
+    local dir=$BENCH_DIR/results f first sep n rev
     mkdir -p "$dir"
-    f=$dir/latest.json
+    # a partial run (BENCH_ONLY) gets files of its own, so it never
+    # replaces the last full run's latest.json
+    f=$dir/latest${ONLY:+-$ONLY}.json
     rev=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo "no commit")
     {
         printf '{\n  "schema": 1,\n'
+        printf '  "sections": [%s],\n' "$(
+            if want_proxy; then printf '"proxy"'; [[ $TLS_ON == 1 ]] && printf ', "tls_interception"'; fi
+            if want_proxy && want_sandbox; then printf ', '; fi
+            if want_sandbox; then printf '"sandbox_startup"'; fi)"
         printf '  "date": "%s",\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         printf '  "host": {"cpus": %s, "kernel": %s, "mem_mib": %s, "cpu_busy_pct_before": %s},\n' \
             "$(nproc)" "$(json_str "$(uname -r)")" "$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 }' /proc/meminfo)" \
             "$(json_num "$BUSY_PCT")"
-        printf '  "params": {"large_mib": %s, "small_bytes": %s, "repeat": %s, "seconds": %s, "warmup_seconds": %s, "wrk_threads": %s, "wrk_connections": %s},\n' \
-            "$LARGE_MB" "$SMALL_BYTES" "$REPEAT" "$DURATION" "$WARMUP" "$WRK_THREADS" "$WRK_CONNS"
-        printf '  "versions": {"tollgate": %s, "nginx": %s, "squid": %s, "tinyproxy": %s, "curl": %s, "wrk": %s},\n' \
-            "$(json_str "$rev")" \
-            "$(json_str "$(nginx -v 2>&1 | sed 's/^nginx version: //')")" \
-            "$(json_str "$(squid -v 2>/dev/null | awk 'NR == 1 { print $NF }')")" \
-            "$(json_str "$(tinyproxy -v 2>&1 | awk '{ print $NF }')")" \
-            "$(json_str "$(curl -q --version | awk 'NR == 1 { print $2 }')")" \
-            "$(json_str "$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')")"
-        printf '  "ports": {"upstream_http": %s, "upstream_tls": %s' "$UP_HTTP" "$UP_TLS"
-        for t in tollgate squid tinyproxy; do printf ', "%s": %s' "$t" "${PORT[$t]}"; done
-        printf ', "upstream_tls_no_keepalive": %s' "$UP_TLS_CLOSE"
-        for t in mitm mem_keepalive mem_close; do printf ', "tollgate_%s": %s' "$t" "${TLS_PORT[$t]}"; done
-        printf '},\n  "available": {'
-        first=1
-        for t in "${TARGETS[@]}"; do
-            ((first)) || printf ', '; first=0
-            if [[ -n ${DOWN[$t]:-} ]]; then printf '"%s": %s' "$t" "$(json_str "${DOWN[$t]}")"; else printf '"%s": true' "$t"; fi
-        done
-        printf '},\n  "results": {\n'
-        sep=""
-        for m in "${METRICS[@]}"; do
-            printf '%s    "%s": {' "$sep" "$m"; sep=$',\n'
-            first=1
-            for t in "${TARGETS[@]}"; do
-                ((first)) || printf ', '; first=0
-                printf '"%s": %s' "$t" "$(json_num "${RES[$m/$t]:-}")"
-            done
-            printf '}'
-        done
-        printf '\n  },\n  "ratios_to_direct": {\n'
-        sep=""
-        for m in plain_http_mbps connect_mbps small_rps tls_small_rps; do
-            printf '%s    "%s": {' "$sep" "$m"; sep=$',\n'
-            first=1
-            for t in "${TARGETS[@]}"; do
-                is_proxy "$t" || continue
-                ((first)) || printf ', '; first=0
-                printf '"%s": %s' "$t" "$(json_num "$(ratio "${RES[$m/$t]:-}" "${RES[$m/direct]:-}")")"
-            done
-            printf '}'
-        done
-        printf '\n  },\n  "tollgate_vs": {\n'
-        sep=""
-        for m in plain_http_mbps connect_mbps small_rps tls_small_rps rss_hwm_mib; do
-            printf '%s    "%s": {"squid": %s, "tinyproxy": %s}' "$sep" "$m" \
-                "$(json_num "$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/squid]:-}")")" \
-                "$(json_num "$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/tinyproxy]:-}")")"
-            sep=$',\n'
-        done
-        printf '\n  },\n'
-        json_tls
+        if want_proxy; then json_proxy "$rev"; fi
+        if want_sandbox; then json_sandbox "$rev"; fi
         printf '  "targets": [\n'
-        printf '    {"name": "CONNECT >= 0.9x direct", "ratio": %s, "min": 0.9, "result": "%s"},\n' "$(json_num "$1")" "$4"
-        printf '    {"name": "plain HTTP >= 1.5x squid", "ratio": %s, "min": 1.5, "result": "%s"},\n' "$(json_num "$2")" "$5"
-        printf '    {"name": "small req/s >= 2x squid", "ratio": %s, "min": 2, "result": "%s"},\n' "$(json_num "$3")" "$6"
-        printf '    {"name": "intercepted HTTPS req/s >= 0.5x plain CONNECT", "ratio": %s, "min": 0.5, "result": "%s"}\n' "$(json_num "$7")" "$8"
-        printf '  ],\n  "notes": ['
+        sep=""
+        if want_proxy; then
+            printf '    {"name": "CONNECT >= 0.9x direct", "ratio": %s, "min": 0.9, "result": "%s"},\n' "$(json_num "$1")" "$4"
+            printf '    {"name": "plain HTTP >= 1.5x squid", "ratio": %s, "min": 1.5, "result": "%s"},\n' "$(json_num "$2")" "$5"
+            printf '    {"name": "small req/s >= 2x squid", "ratio": %s, "min": 2, "result": "%s"},\n' "$(json_num "$3")" "$6"
+            printf '    {"name": "intercepted HTTPS req/s >= 0.5x plain CONNECT", "ratio": %s, "min": 0.5, "result": "%s"}' "$(json_num "$7")" "$8"
+            sep=$',\n'
+        fi
+        if want_sandbox; then
+            printf '%s    {"name": "sandbox start-up <= %sx bwrap (median)", "ratio": %s, "max": %s, "result": "%s"}' \
+                "$sep" "$SBX_TARGET" "$(json_num "${SBX[ratio]:-}")" "$SBX_TARGET" "${SBX[check]:-n/a}"
+        fi
+        printf '\n  ],\n  "notes": ['
         first=1
         for n in "${NOTES[@]}"; do ((first)) || printf ', '; first=0; json_str "$n"; done
         printf ']\n}\n'
     } >"$f.tmp"
     mv "$f.tmp" "$f"
-    cp "$f" "$dir/$(date -u +%Y%m%dT%H%M%SZ).json"
+    cp "$f" "$dir/$(date -u +%Y%m%dT%H%M%SZ)${ONLY:+-$ONLY}.json"
     log "wrote $f"
 }
 
@@ -1143,21 +1349,25 @@ main() {
     chmod 0755 "$T"
     log "temp dir $T"
     build_tollgate
-    start_upstream
-    start_tollgate
-    start_squid
-    start_tinyproxy
-    start_tollgate_tls
-    smoke_test
-    busy_check
-    measure_throughput plain_http_mbps "http://$HOST:$UP_HTTP/large"
-    measure_throughput connect_mbps "https://$HOST:$UP_TLS/large"
-    measure_rate
-    measure_rss
-    # later sections go here (each fills RES[...] for its own def_metric keys)
-    measure_tls_rate
-    measure_tls_handshake
-    measure_tls_memory
+    if want_proxy; then
+        start_upstream
+        start_tollgate
+        start_squid
+        start_tinyproxy
+        start_tollgate_tls
+        smoke_test
+        busy_check
+        measure_throughput plain_http_mbps "http://$HOST:$UP_HTTP/large"
+        measure_throughput connect_mbps "https://$HOST:$UP_TLS/large"
+        measure_rate
+        measure_rss
+        # later sections go here (each fills RES[...] for its own def_metric keys)
+        measure_tls_rate
+        measure_tls_handshake
+        measure_tls_memory
+    fi
+    # BENCH_ONLY=sandbox runs only this; it needs no server of the above
+    measure_sandbox
     report
 }
 
