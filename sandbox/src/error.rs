@@ -41,6 +41,8 @@ pub enum SandboxError {
     Capabilities(String),
     #[error("the sandbox thread {0}")]
     Thread(&'static str),
+    #[error("{0} is a symlink in the base (or under one): bind or mount somewhere that is not")]
+    SymlinkTarget(PathBuf),
 }
 
 impl SandboxError {

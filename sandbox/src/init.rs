@@ -11,14 +11,21 @@ use std::process::Command;
 use nix::unistd::Pid;
 
 use crate::capabilities;
+use crate::fds;
 use crate::reaper::{supervise, Signals};
 use crate::rootfs;
 use crate::spec::Spec;
 use crate::SandboxError;
 
 pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
-    // 0. The host side's private spec file: read it, then it is of no more use.
+    // 0. Handlers for every signal PID 1 must not miss, before anything can
+    //    send one; no descriptor of whoever started us reaches the command.
+    let mut signals = Signals::catch()?;
+    fds::close_on_exec_above_stderr()?;
+    //    The host side's private spec file: read it, then remove it, so a
+    //    run whose host side is killed leaves nothing of it behind.
     let spec = Spec::read(spec_path)?;
+    let _ = std::fs::remove_file(spec_path);
     // 1. Namespaces: the host side created network, mount, PID, IPC and UTS
     //    namespaces for us; we are PID 1 of the new PID namespace. If the
     //    host side dies, so do we, and with PID 1 the whole namespace.
@@ -30,11 +37,16 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     let layers = rootfs::mount_scratch(&spec.scratch)?;
     rootfs::mount_overlay(&spec.base, &layers)?;
     rootfs::mount_binds(&layers.root, &spec.binds)?;
-    // 4. /proc for this PID namespace, a minimal /dev, a private /tmp.
+    // 4. /proc for this PID namespace, with the host-global knobs read-only
+    //    or hidden (a root without capabilities still owns /proc/sys), a
+    //    minimal /dev, a private /tmp.
     rootfs::mount_proc(&layers.root)?;
     rootfs::mount_dev(&layers.root)?;
     rootfs::mount_tmp(&layers.root)?;
     let injected = rootfs::read_injected(&spec.files)?;
+    for file in &spec.files {
+        let _ = std::fs::remove_file(&file.host);
+    }
     // 5. pivot_root: the host's filesystem is no longer reachable.
     rootfs::pivot_into(&layers.root)?;
     rootfs::write_injected(&injected)?;
@@ -44,15 +56,13 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     capabilities::drop_all()?;
     // 8. Nothing in the sandbox may read PID 1's memory or environment.
     nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
-    // 9. Exec the command, with no signal blocked, and stay as its reaper.
-    Signals::clear_mask()?;
+    // 9. Exec the command and stay as its reaper.
     let child = command(&spec).spawn().map_err(|e| SandboxError::Io {
         step: format!("run {}", spec.command.first().map_or("", String::as_str)),
         source: e,
     })?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let signals = Signals::block()?;
-    supervise(&signals, pid)
+    supervise(&mut signals, pid)
 }
 
 /// The hidden subcommand the host side runs for PID 1.

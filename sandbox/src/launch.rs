@@ -125,8 +125,29 @@ impl Drop for Sandbox {
 pub struct Init(Pid);
 
 impl Init {
+    /// Sends `signal`, once init can receive it: PID 1 of a namespace only
+    /// gets signals it has a handler for, even from outside, and installs
+    /// its handlers first thing — so this waits (at most a second) for that.
     pub fn signal(self, signal: Signal) {
+        for _ in 0..1000 {
+            if self.catches(signal) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let _ = kill(self.0, signal);
+    }
+
+    /// Whether init has a handler for `signal` (the SigCgt mask in
+    /// /proc/PID/status).
+    fn catches(self, signal: Signal) -> bool {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (signal as u32 - 1)) != 0)
     }
 }
 

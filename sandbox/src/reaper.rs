@@ -1,15 +1,19 @@
-//! PID 1's supervision of the command, with signals arriving on a signalfd:
-//! wait for the command while reaping every orphan re-parented to PID 1,
-//! and when the command exits, take every other process down with it.
+//! PID 1's supervision of the command: wait for it while reaping every
+//! orphan re-parented to PID 1, forward signals, and when the command
+//! exits, take every other process down with it.
 //!
-//! SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are forwarded to the child. SIGINT
+//! Signals are caught with handlers (signal-hook), not blocked: a blocked
+//! mask would be inherited by the command (std's `Command` keeps it), and
+//! PID 1 discards a signal it has no handler for, so handlers must exist
+//! before the command does. Handlers, unlike a mask, are reset by exec.
+//!
+//! SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are forwarded to the command. SIGINT
 //! and SIGQUIT are forwarded only when standard input is not a terminal: a
 //! terminal already delivers them to the whole foreground process group,
 //! the command included, and forwarding would deliver them twice.
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -23,63 +27,37 @@ const FORWARDED: [Signal; 4] = [
 ];
 const FROM_TERMINAL: [Signal; 2] = [Signal::SIGINT, Signal::SIGQUIT];
 
-/// Signals routed to a signalfd, which needs them blocked.
-///
-/// A child inherits its parent's signal mask (std's `Command` does not clear
-/// it), and a command started with SIGCHLD blocked never sees its own
-/// children exit: a shell's `wait` hangs. So a stage clears its mask first
-/// ([`Signals::clear_mask`]), spawns its child, and only then blocks —
-/// reaping once right away so an exit in between is not missed.
-pub struct Signals(SignalFd);
+/// Signals PID 1 handles, registered before the command is spawned.
+pub struct Signals(signal_hook::iterator::Signals);
 
 impl Signals {
-    /// Starts from no blocked signals, whatever the parent left.
-    pub fn clear_mask() -> Result<(), SandboxError> {
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-            .map_err(SandboxError::setup("clear the signal mask"))
-    }
-
-    pub fn block() -> Result<Signals, SandboxError> {
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        for signal in FORWARDED.iter().chain(&FROM_TERMINAL) {
-            mask.add(*signal);
-        }
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-            .map_err(SandboxError::setup("block signals"))?;
-        SignalFd::new(&mask)
+    pub fn catch() -> Result<Signals, SandboxError> {
+        let mut wanted = vec![Signal::SIGCHLD as i32];
+        wanted.extend(FORWARDED.iter().chain(&FROM_TERMINAL).map(|s| *s as i32));
+        signal_hook::iterator::Signals::new(wanted)
             .map(Signals)
-            .map_err(SandboxError::setup("create signalfd"))
+            .map_err(SandboxError::io("install signal handlers"))
     }
 }
 
 /// Waits for `child`, forwarding signals; returns its exit code in the
 /// shell's convention (128 + signal number when killed). Background jobs
 /// die with the command.
-pub fn supervise(signals: &Signals, child: Pid) -> Result<i32, SandboxError> {
-    let finish = |code: i32| {
-        kill_everyone_else();
-        code
-    };
-    // The child may have exited before its SIGCHLD could reach the signalfd.
-    if let Some(code) = reap(child)? {
-        return Ok(finish(code));
-    }
+pub fn supervise(signals: &mut Signals, child: Pid) -> Result<i32, SandboxError> {
     loop {
-        let info = match signals.0.read_signal() {
-            Ok(Some(info)) => info,
-            Ok(None) | Err(Errno::EINTR) => continue,
-            Err(e) => return Err(SandboxError::setup("read signalfd")(e)),
-        };
-        let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
-            continue;
-        };
-        if signal == Signal::SIGCHLD {
-            if let Some(code) = reap(child)? {
-                return Ok(finish(code));
+        if let Some(code) = reap(child)? {
+            kill_everyone_else();
+            return Ok(code);
+        }
+        for number in signals.0.wait() {
+            let Ok(signal) = Signal::try_from(number) else {
+                continue;
+            };
+            if FORWARDED.contains(&signal)
+                || (FROM_TERMINAL.contains(&signal) && !interrupts_come_from_a_terminal())
+            {
+                let _ = kill(child, signal);
             }
-        } else if FORWARDED.contains(&signal) || !interrupts_come_from_a_terminal() {
-            let _ = kill(child, signal);
         }
     }
 }

@@ -96,31 +96,49 @@ fn overlay_safe(path: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// `path` (absolute, inside the sandbox) under `root`.
-pub fn inside(root: &Path, path: &Path) -> PathBuf {
-    let relative: PathBuf = path
+/// What a mount target should be when it has to be created.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Dir,
+    File,
+}
+
+/// `path` under `root`, created if missing, without following a symlink
+/// anywhere on the way: before the pivot, a symlink in the base that points
+/// at `/etc/x` means the host's /etc/x, and a mount or a write through it
+/// would land on the host.
+pub fn safe_target(root: &Path, path: &Path, kind: TargetKind) -> Result<PathBuf, SandboxError> {
+    let relative: Vec<_> = path
         .components()
         .filter(|c| matches!(c, Component::Normal(_)))
         .collect();
-    root.join(relative)
+    let mut current = root.to_path_buf();
+    for (i, part) in relative.iter().enumerate() {
+        current.push(part);
+        let last = i + 1 == relative.len();
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(SandboxError::SymlinkTarget(path.to_owned()))
+            }
+            Ok(_) => {}
+            Err(_) if last && kind == TargetKind::File => fs::write(&current, b"")
+                .map_err(SandboxError::io(format!("create {}", path.display())))?,
+            Err(_) => fs::create_dir(&current)
+                .map_err(SandboxError::io(format!("create {}", path.display())))?,
+        }
+    }
+    Ok(current)
 }
 
 /// Host directories bound in, read-only when asked.
 pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
     for bind in binds {
-        let target = inside(root, &bind.sandbox);
-        if bind.host.is_dir() {
-            fs::create_dir_all(&target)
+        let kind = if bind.host.is_dir() {
+            TargetKind::Dir
         } else {
-            target
-                .parent()
-                .map_or(Ok(()), fs::create_dir_all)
-                .and_then(|()| fs::write(&target, b""))
-        }
-        .map_err(SandboxError::io(format!(
-            "create bind target {}",
-            bind.sandbox.display()
-        )))?;
+            TargetKind::File
+        };
+        let target = safe_target(root, &bind.sandbox, kind)?;
         let step = format!("bind {} to {}", bind.host.display(), bind.sandbox.display());
         mount(
             Some(&bind.host),
@@ -143,11 +161,24 @@ pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Parts of /proc that act on the whole host, not the sandbox's namespaces:
+/// made read-only (the list Docker and runc use). The sandbox's root has no
+/// capabilities but still owns them, and kernel.core_pattern or
+/// sysrq-trigger written from inside would act on the host.
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// Files of /proc that leak host memory or keys: hidden behind /dev/null.
+const PROC_HIDDEN: [&str; 5] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+];
+
 /// A fresh /proc for the sandbox's PID namespace: it shows only the
-/// sandbox's processes.
+/// sandbox's processes, and nothing in it can change the host.
 pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
-    let target = root.join("proc");
-    fs::create_dir_all(&target).map_err(SandboxError::io("create /proc"))?;
+    let target = safe_target(root, Path::new("/proc"), TargetKind::Dir)?;
     mount(
         Some("proc"),
         &target,
@@ -155,14 +186,46 @@ pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         none(),
     )
-    .map_err(SandboxError::setup("mount /proc"))
+    .map_err(SandboxError::setup("mount /proc"))?;
+    for name in PROC_READ_ONLY {
+        let path = target.join(name);
+        if path.exists() {
+            read_only_bind(&path)
+                .map_err(SandboxError::setup(format!("make /proc/{name} read-only")))?;
+        }
+    }
+    for name in PROC_HIDDEN {
+        let path = target.join(name);
+        if path.is_file() {
+            mount(Some("/dev/null"), &path, none(), MsFlags::MS_BIND, none())
+                .map_err(SandboxError::setup(format!("hide /proc/{name}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds `path` onto itself and remounts the bind read-only.
+fn read_only_bind(path: &Path) -> nix::Result<()> {
+    mount(
+        Some(path),
+        path,
+        none(),
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none(),
+    )?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(none(), path, none(), flags, none())
 }
 
 /// A minimal /dev: a few character devices, a private devpts, /dev/shm.
 /// Host disks and everything else in the host's /dev stay invisible.
 pub fn mount_dev(root: &Path) -> Result<(), SandboxError> {
-    let dev = root.join("dev");
-    fs::create_dir_all(&dev).map_err(SandboxError::io("create /dev"))?;
+    let dev = safe_target(root, Path::new("/dev"), TargetKind::Dir)?;
     mount(
         Some("tmpfs"),
         &dev,
@@ -217,8 +280,7 @@ pub fn mount_dev(root: &Path) -> Result<(), SandboxError> {
 
 /// A private /tmp.
 pub fn mount_tmp(root: &Path) -> Result<(), SandboxError> {
-    let tmp = root.join("tmp");
-    fs::create_dir_all(&tmp).map_err(SandboxError::io("create /tmp"))?;
+    let tmp = safe_target(root, Path::new("/tmp"), TargetKind::Dir)?;
     mount(
         Some("tmpfs"),
         &tmp,
@@ -275,13 +337,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inside_never_leaves_the_root() {
-        let root = Path::new("/r");
-        assert_eq!(inside(root, Path::new("/data")), PathBuf::from("/r/data"));
+    fn targets_are_created_under_the_root_and_never_through_symlinks() {
+        let root = std::env::temp_dir().join(format!("tollgate-target-{}", std::process::id()));
+        let outside = root.with_extension("outside");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, root.join("etc/linked")).unwrap();
+        let made = safe_target(&root, Path::new("/../data/x"), TargetKind::File).unwrap();
+        assert_eq!(made, root.join("data/x"));
+        assert!(made.is_file());
+        for path in ["/etc/linked", "/etc/linked/file"] {
+            assert!(matches!(
+                safe_target(&root, Path::new(path), TargetKind::File),
+                Err(SandboxError::SymlinkTarget(_))
+            ));
+        }
         assert_eq!(
-            inside(root, Path::new("/../../etc")),
-            PathBuf::from("/r/etc")
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "wrote through the symlink"
         );
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
     }
 
     #[test]

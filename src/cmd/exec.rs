@@ -58,7 +58,6 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
     })?;
     let (spec, files) = sandbox_spec(&args, loaded.as_ref().map(|ca| ca.cert_pem.as_str()))?;
     let listen = SANDBOX_PROXY.parse().context("proxy address")?;
-    let (sandbox, listener) = Sandbox::start(spec, files, listen)?;
     proxy::raise_open_file_limit();
     let config = ProxyConfig {
         phase: Some(Arc::from("exec")),
@@ -66,8 +65,33 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
         ..ProxyConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let code = runtime.block_on(serve_until_exit(sandbox, listener, policy, audit, config))?;
+    let code = runtime.block_on(async {
+        // Handlers first: a signal that arrives while the sandbox starts is
+        // held for it, instead of killing tollgate and the sandbox with it.
+        let signals = HostSignals::install()?;
+        let (sandbox, listener) = Sandbox::start(spec, files, listen)?;
+        serve_until_exit(sandbox, listener, signals, policy, audit, config).await
+    })?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The signals `exec` passes on to the sandbox.
+struct HostSignals {
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl HostSignals {
+    fn install() -> Result<HostSignals> {
+        Ok(HostSignals {
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
 }
 
 /// Serves the sandbox's proxy until the command exits. SIGTERM and SIGHUP
@@ -76,25 +100,22 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
 async fn serve_until_exit(
     sandbox: Sandbox,
     listener: std::net::TcpListener,
+    mut signals: HostSignals,
     policy: tollgate_proxy::policy::Policy,
     audit: AuditLog,
     config: ProxyConfig,
 ) -> Result<i32> {
     let proxy = Proxy::new(policy, audit, config);
     tokio::spawn(Arc::clone(&proxy).serve(Listener::from_std(listener)?));
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut quit = signal(SignalKind::quit())?;
     let init = sandbox.init();
     let mut waiting = tokio::task::spawn_blocking(move || sandbox.wait());
     let code = loop {
         tokio::select! {
             result = &mut waiting => break result.context("sandbox waiter")??,
-            _ = terminate.recv() => init.signal(Signal::SIGTERM),
-            _ = hangup.recv() => init.signal(Signal::SIGHUP),
-            _ = interrupt.recv() => pass_on(init, Signal::SIGINT),
-            _ = quit.recv() => pass_on(init, Signal::SIGQUIT),
+            _ = signals.terminate.recv() => init.signal(Signal::SIGTERM),
+            _ = signals.hangup.recv() => init.signal(Signal::SIGHUP),
+            _ = signals.interrupt.recv() => pass_on(init, Signal::SIGINT),
+            _ = signals.quit.recv() => pass_on(init, Signal::SIGQUIT),
         }
     };
     proxy.shutdown().await;
