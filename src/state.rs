@@ -13,6 +13,10 @@ impl StateDir {
         StateDir(explicit.unwrap_or_else(default_state_dir))
     }
 
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+
     /// The default CA directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.0.join("certs")

@@ -1631,3 +1631,51 @@ fn bind_over_a_symlink_in_the_base_never_touches_the_host() {
         "a read-only bind truncated a host file through a symlink in the base: {out:#?}"
     );
 }
+
+#[test]
+fn tollgates_state_dir_and_ca_key_are_hidden_inside() {
+    require_root!();
+    let state = std::path::PathBuf::from(format!(
+        "/var/tmp/tollgate-state-test-{}",
+        std::process::id()
+    ));
+    let _cleanup = RemoveTreeOnDrop(state.clone());
+    let init = std::process::Command::new(BIN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["ca", "init"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let key = state.join("certs/ca.key");
+    let script = format!(
+        "cat {key} && echo LEAKED; ls {dir} && echo LISTED; echo x > {dir}/planted && echo PLANTED; exit 0",
+        key = key.display(),
+        dir = state.display()
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["exec", "--policy", "off", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for marker in ["LEAKED", "LISTED", "PLANTED", "PRIVATE KEY"] {
+        assert!(!stdout.contains(marker), "{marker}: {stdout}");
+    }
+    assert!(!state.join("planted").exists());
+}
+
+/// Removes a directory tree on drop.
+struct RemoveTreeOnDrop(PathBuf);
+
+impl Drop for RemoveTreeOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

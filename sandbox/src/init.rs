@@ -37,6 +37,7 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     let layers = rootfs::mount_scratch(&spec.scratch)?;
     rootfs::mount_overlay(&spec.base, &layers)?;
     rootfs::mount_binds(&layers.root, &spec.binds)?;
+    rootfs::mask(&layers.root, &spec.masks)?;
     // 4. /proc for this PID namespace, with the host-global knobs read-only
     //    or hidden (a root without capabilities still owns /proc/sys), a
     //    minimal /dev, a private /tmp.

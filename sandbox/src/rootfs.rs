@@ -161,6 +161,26 @@ pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Hides each existing directory of `paths` under an empty, read-only tmpfs.
+pub fn mask(root: &Path, paths: &[PathBuf]) -> Result<(), SandboxError> {
+    for path in paths {
+        let under_root = root.join(path.strip_prefix("/").unwrap_or(path));
+        if !fs::symlink_metadata(&under_root).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let target = safe_target(root, path, TargetKind::Dir)?;
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0000,size=4k"),
+        )
+        .map_err(SandboxError::setup(format!("hide {}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Parts of /proc that act on the whole host, not the sandbox's namespaces:
 /// made read-only (the list Docker and runc use). The sandbox's root has no
 /// capabilities but still owns them, and kernel.core_pattern or

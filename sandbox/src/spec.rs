@@ -65,6 +65,9 @@ pub struct Spec {
     /// Private host directory the sandbox mounts its scratch tmpfs on.
     pub scratch: PathBuf,
     pub binds: Vec<Bind>,
+    /// Directories of the base hidden behind an empty read-only tmpfs
+    /// (tollgate's own state: the CA key must never be readable inside).
+    pub masks: Vec<PathBuf>,
     pub files: Vec<InjectedFile>,
     pub hostname: String,
     pub workdir: PathBuf,

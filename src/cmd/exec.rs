@@ -56,7 +56,8 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
         Some(path) => AuditTarget::parse(path),
         None => AuditTarget::Discard,
     })?;
-    let (spec, files) = sandbox_spec(&args, loaded.as_ref().map(|ca| ca.cert_pem.as_str()))?;
+    let (mut spec, files) = sandbox_spec(&args, loaded.as_ref().map(|ca| ca.cert_pem.as_str()))?;
+    spec.masks = private_dirs(&args, state);
     let listen = SANDBOX_PROXY.parse().context("proxy address")?;
     proxy::raise_open_file_limit();
     let config = ProxyConfig {
@@ -129,6 +130,15 @@ fn pass_on(init: Init, signal: Signal) {
     }
 }
 
+/// tollgate's own state (the CA key above all) is never visible inside.
+fn private_dirs(args: &ExecArgs, state: &StateDir) -> Vec<PathBuf> {
+    let mut dirs = vec![state.root().to_path_buf(), state.ca_dir()];
+    dirs.extend(args.ca_dir.clone());
+    dirs.into_iter()
+        .filter_map(|dir| std::fs::canonicalize(dir).ok())
+        .collect()
+}
+
 /// The sandbox's spec and the files laid over paths inside it.
 fn sandbox_spec(args: &ExecArgs, ca_pem: Option<&str>) -> Result<(Spec, Vec<NewFile>)> {
     let mut binds = Vec::new();
@@ -161,6 +171,7 @@ fn sandbox_spec(args: &ExecArgs, ca_pem: Option<&str>) -> Result<(Spec, Vec<NewF
         base: args.base.clone(),
         scratch: PathBuf::new(),
         binds,
+        masks: Vec::new(),
         files: Vec::new(),
         hostname: "tollgate".into(),
         workdir: args.workdir.clone(),
