@@ -1667,3 +1667,26 @@ impl Drop for RemoveTreeOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn no_user_namespaces_inside_but_processes_and_threads_still_start() {
+    require_root!();
+    let script = "unshare -U true && echo USERNS; unshare -Un true && echo USERNS_NET; \
+        sh -c 'echo CHILD'; \
+        python3 -c 'import threading; t = threading.Thread(target=print, args=(\"THREAD\",)); t.start(); t.join()'";
+    let out = std::process::Command::new(BIN)
+        .args(["exec", "--policy", "off", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("USERNS"),
+        "a user namespace was created: {stdout}"
+    );
+    assert!(stdout.contains("CHILD"), "{stdout}");
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        assert!(stdout.contains("THREAD"), "threads failed: {stdout}");
+    } else {
+        eprintln!("SKIP PART: no python3 for the thread check");
+    }
+}

@@ -39,6 +39,8 @@ pub enum SandboxError {
     Spec { path: PathBuf, detail: String },
     #[error("cannot drop capabilities: {0}")]
     Capabilities(String),
+    #[error("cannot install the seccomp filter: {0}")]
+    Seccomp(String),
     #[error("the sandbox thread {0}")]
     Thread(&'static str),
     #[error("{0} is a symlink in the base (or under one): bind or mount somewhere that is not")]

@@ -14,6 +14,7 @@ use crate::capabilities;
 use crate::fds;
 use crate::reaper::{supervise, Signals};
 use crate::rootfs;
+use crate::seccomp;
 use crate::spec::Spec;
 use crate::SandboxError;
 
@@ -53,8 +54,11 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     rootfs::write_injected(&injected)?;
     // 6. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
-    // 7. no_new_privs and no capabilities, in every set and the bounding set.
+    // 7. no_new_privs and no capabilities, in every set and the bounding set;
+    //    then no new user namespaces (seccomp), which would hand back
+    //    capabilities over a namespace of the command's own.
     capabilities::drop_all()?;
+    seccomp::deny_user_namespaces()?;
     // 8. Nothing in the sandbox may read PID 1's memory or environment.
     nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
     // 9. Exec the command and stay as its reaper.

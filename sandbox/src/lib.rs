@@ -21,6 +21,7 @@ pub mod init;
 pub mod launch;
 pub mod reaper;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 
 pub use error::SandboxError;
