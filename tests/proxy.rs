@@ -506,28 +506,44 @@ fn a_client_that_waits_out_the_sniff_timeout_cannot_skip_the_sni_check() {
 }
 
 #[test]
-fn non_tls_bytes_in_a_tunnel_are_relayed_to_the_allowed_host() {
+fn plain_http_inside_a_tunnel_is_refused_so_host_cannot_be_fronted() {
     let upstream = Upstream::start();
     let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
-    // curl --proxytunnel sends plain HTTP inside a CONNECT tunnel.
+    // curl --proxytunnel sends plain HTTP inside a CONNECT tunnel; with a
+    // foreign Host it would reach another virtual host of the same address.
     let r = curl_via(
         &proxy,
-        &["--proxytunnel", &allowed_url(&upstream, "/tunnelled")],
+        &[
+            "--proxytunnel",
+            "-H",
+            "Host: evil.test",
+            &allowed_url(&upstream, "/fronted"),
+        ],
     );
     assert_eq!(r.connect_status, 200);
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body.starts_with("upstream saw GET /tunnelled"));
+    assert_ne!(r.status, 200, "{r:?}");
+    assert_eq!(upstream.hits(), 0, "plain HTTP went through a tunnel");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["reason"], "bad-request");
 }
 
 #[test]
-fn tunnels_carry_large_transfers_intact_both_ways_with_half_close() {
+fn tunnels_carry_large_transfers_intact_both_ways() {
+    let scratch = Scratch::new("tls-echo");
+    let (config, ca_pem) = self_signed_server(&["allowed.test"], &scratch);
     let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = echo.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let (mut stream, _) = echo.accept().unwrap();
-        let mut received = Vec::new();
-        stream.read_to_end(&mut received).unwrap();
-        stream.write_all(&received).unwrap();
+        let connection = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, &mut stream);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = tls.read(&mut buf) {
+            if n == 0 || tls.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
     });
     let proxy = Proxy::start(&loopback_policy(&[port], ""), &[]);
     let payload: Vec<u8> = (0..8 * 1024 * 1024u32)
@@ -539,25 +555,42 @@ fn tunnels_carry_large_transfers_intact_both_ways_with_half_close() {
     let mut head = [0u8; 128];
     let n = stream.read(&mut head).unwrap();
     assert!(head[..n].starts_with(b"HTTP/1.1 200"));
-    let mut writer = stream.try_clone().unwrap();
-    let sent = payload.clone();
-    let sender = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca_pem).unwrap();
+    roots
+        .add(rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap())
+        .unwrap();
+    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("allowed.test").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut echoed = Vec::new();
-    stream.read_to_end(&mut echoed).unwrap();
-    sender.join().unwrap();
-    assert_eq!(echoed.len(), payload.len());
+    let mut tls = rustls::StreamOwned::new(connection, stream);
+    let mut echoed = vec![0u8; payload.len()];
+    // Write and read in chunks so neither side's buffers fill up.
+    let mut read = 0;
+    for chunk in payload.chunks(256 * 1024) {
+        tls.write_all(chunk).unwrap();
+        let goal = read + chunk.len();
+        while read < goal {
+            let n = tls.read(&mut echoed[read..goal]).unwrap();
+            assert!(n > 0, "tunnel closed after {read} bytes");
+            read += n;
+        }
+    }
     assert!(echoed == payload, "tunnel corrupted the stream");
-    drop(stream);
+    drop(tls);
     let record = proxy.audit_nth(1);
-    assert_eq!(record["scheme"], "tcp");
-    assert_eq!(record["bytes_up"], payload.len());
-    assert_eq!(record["bytes_down"], payload.len());
+    assert_eq!(record["scheme"], "https");
+    assert!(record["bytes_up"].as_u64().unwrap() >= payload.len() as u64);
+    assert!(record["bytes_down"].as_u64().unwrap() >= payload.len() as u64);
 }
 
 #[test]

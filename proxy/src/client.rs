@@ -169,7 +169,7 @@ impl tower_service::Service<Uri> for GuardedConnector {
             let io = match tls {
                 None => Stream::Plain(TokioIo::new(stream)),
                 Some(tls) => Stream::Tls(Box::new(TokioIo::new(
-                    handshake(&tls, &target, stream, dialed).await?,
+                    handshake(&tls, &target, stream, dialed, timeouts.connect).await?,
                 ))),
             };
             Ok(UpstreamIo {
@@ -188,6 +188,7 @@ async fn handshake(
     target: &HostPort,
     stream: TcpStream,
     dialed: SocketAddr,
+    timeout: std::time::Duration,
 ) -> Result<TlsStream<TcpStream>, UpstreamError> {
     let failed = |detail: String| UpstreamError::Tls {
         host: target.host.to_string(),
@@ -200,9 +201,10 @@ async fn handshake(
             ServerName::try_from(name.as_str().to_owned()).map_err(|e| failed(e.to_string()))?
         }
     };
-    tls.connect(name, stream)
-        .await
-        .map_err(|e| failed(e.to_string()))
+    match tokio::time::timeout(timeout, tls.connect(name, stream)).await {
+        Ok(result) => result.map_err(|e| failed(e.to_string())),
+        Err(_) => Err(failed(format!("no TLS handshake within {timeout:?}"))),
+    }
 }
 
 /// A dialled upstream connection that remembers its address.

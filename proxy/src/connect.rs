@@ -190,7 +190,10 @@ fn check_opening(opening: &Opening, target: &HostPort) -> Result<Option<&'static
             Ok(host) if host == target.host => Ok(Some("https")),
             _ => Err(Reason::SniMismatch),
         },
-        Opening::Opaque => Ok(Some("tcp")),
+        // Plain HTTP in a tunnel would carry any Host header past the check
+        // that absolute-form requests get (domain fronting on port 80), and
+        // every request after the first unseen: tunnels carry TLS only.
+        Opening::Opaque => Err(Reason::BadRequest),
         Opening::Silent => Ok(None),
         Opening::MalformedTls(_) => Err(Reason::BadRequest),
     }
@@ -242,7 +245,7 @@ mod tests {
             check_opening(&Opening::Tls { server_name: None }, &t),
             Ok(Some("https"))
         );
-        assert_eq!(check_opening(&Opening::Opaque, &t), Ok(Some("tcp")));
+        assert_eq!(check_opening(&Opening::Opaque, &t), Err(Reason::BadRequest));
         assert_eq!(check_opening(&Opening::Silent, &t), Ok(None));
         assert_eq!(
             check_opening(&Opening::MalformedTls("x".into()), &t),

@@ -88,7 +88,16 @@ pub(crate) async fn deliver(
         request.headers_mut().insert(header::CONNECTION, close);
     }
     let request = request.map(|body| Metered::up(body, exchange.counters()));
-    match client.request(request).await {
+    let Ok(result) = tokio::time::timeout(conn.response_timeout(), client.request(request)).await
+    else {
+        tracing::info!(id = exchange.id(), "{described}: no response in time");
+        return conn.refuse(
+            exchange,
+            &Decision::refuse(Reason::UpstreamFailed),
+            &described,
+        );
+    };
+    match result {
         Ok(response) => match client_upgrade {
             Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 relay_upgrade(conn, exchange, upgrade, response)

@@ -107,7 +107,7 @@ pub enum HostError {
     #[error("host {input:?} is {len} characters long; a DNS name has at most {MAX_NAME_LEN}")]
     NameTooLong { input: String, len: usize },
     /// `user[:password]@` in an authority.
-    #[error("authority {input:?} contains user info ('@'); credentials in the host part are not allowed")]
+    #[error("authority for {input:?} contains user info ('@'); credentials in the host part are not allowed")]
     Userinfo { input: String },
     /// Port 0, which cannot be dialled.
     #[error("authority {input:?} has port 0; use a port from 1 to 65535")]
@@ -413,7 +413,11 @@ impl HostPort {
             return Err(HostError::Empty);
         }
         if text.contains('@') {
-            return Err(HostError::Userinfo { input: shown(text) });
+            // Only what follows the '@': the rest is a password.
+            let host_part = text.rsplit('@').next().unwrap_or_default();
+            return Err(HostError::Userinfo {
+                input: shown(host_part),
+            });
         }
         let host_text = authority.host();
         let after_host = text
@@ -1047,9 +1051,15 @@ mod tests {
         let long = format!("{}\u{1}", "é".repeat(500));
         let message = Host::parse(&long).unwrap_err().to_string();
         assert!(message.len() < 300, "{message}");
-        let message = HostPort::parse("user@example.com", 80)
+        // Credentials in an authority are refused without repeating them:
+        // the message goes to logs.
+        let message = HostPort::parse("alice:SECRET@example.com", 80)
             .unwrap_err()
             .to_string();
-        assert!(message.contains("user@example.com"), "{message}");
+        assert!(message.contains("\"example.com\""), "{message}");
+        assert!(
+            !message.contains("SECRET") && !message.contains("alice"),
+            "{message}"
+        );
     }
 }

@@ -28,6 +28,9 @@ use crate::respond::{discard_body, ProxyBody};
 use crate::server::Conn;
 use crate::tunnel::{ActivityClock, Watched};
 
+/// Concurrent HTTP/2 streams per intercepted connection.
+const MAX_STREAMS: u32 = 32;
+
 /// What interception needs: a CA to present leaves for intercepted hosts,
 /// and the trust anchors for verifying upstream servers.
 #[derive(Clone)]
@@ -86,15 +89,18 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let tls = match hello.into_stream(config).await {
-        Ok(tls) => tls,
-        Err(e) => {
-            tracing::info!(
-                id = exchange.id(),
-                "TLS with the client for {target} failed: {e}"
-            );
-            return;
-        }
+    let handshake = tokio::time::timeout(conn.first_byte_timeout(), hello.into_stream(config));
+    let stopping = conn.stopping();
+    let tls = tokio::select! {
+        finished = handshake => match finished {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(id = exchange.id(), "TLS with the client for {target} failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        },
+        () = stopping.cancelled() => return,
     };
     exchange.record().scheme = Some("https");
     let idle = conn.tunnel_idle_timeout();
@@ -120,7 +126,12 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // hyper's default of 200 streams would let one client connection open
+    // 200 upstream connections; 32 is plenty for a package manager.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
     let serving = builder.serve_connection_with_upgrades(io, service);
     tokio::select! {
         result = serving => {

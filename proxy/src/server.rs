@@ -59,6 +59,8 @@ pub struct ProxyConfig {
     pub header_timeout: Duration,
     /// Tunnels with no byte either way for this long are closed.
     pub tunnel_idle_timeout: Duration,
+    /// Time an upstream has to start its response.
+    pub response_timeout: Duration,
     pub dial: DialTimeouts,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
@@ -79,6 +81,9 @@ impl Default for ProxyConfig {
             header_timeout: Duration::from_secs(30),
             // squid's read_timeout is 15 min; 5 min keeps long downloads alive.
             tunnel_idle_timeout: Duration::from_secs(300),
+            // squid's read_timeout is 15 min; a registry that has not started
+            // answering in 2 min is gone, and the client deserves a 502.
+            response_timeout: Duration::from_secs(120),
             dial: DialTimeouts {
                 resolve: Duration::from_secs(5),
                 connect: Duration::from_secs(10),
@@ -450,6 +455,10 @@ impl Conn {
 
     pub(crate) fn dial_timeouts(&self) -> DialTimeouts {
         self.proxy.config.dial
+    }
+
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.proxy.config.response_timeout
     }
 
     pub(crate) fn first_byte_timeout(&self) -> Duration {
