@@ -1690,3 +1690,53 @@ fn no_user_namespaces_inside_but_processes_and_threads_still_start() {
         eprintln!("SKIP PART: no python3 for the thread check");
     }
 }
+
+/// Runs python3 code in the sandbox under `script(1)`, so that stdin is a
+/// terminal (the caller's, as it would be interactively); its output.
+fn python_in_sandbox_with_a_terminal(code: &str) -> String {
+    let command = format!(
+        "{BIN} exec --policy off -- python3 -c {}",
+        shell_quote(code)
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+#[test]
+fn seccomp_refuses_terminal_injection_keyrings_and_vsock() {
+    require_root!();
+    let code = r##"
+import ctypes, errno, fcntl, os, socket, termios
+def outcome(f):
+    try:
+        f()
+        return "ALLOWED"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+print("isatty", os.isatty(0))
+print("tiocsti", outcome(lambda: fcntl.ioctl(0, termios.TIOCSTI, b"#")))
+libc = ctypes.CDLL(None, use_errno=True)
+rc = libc.syscall(248, b"user", b"tollgate-test", b"v", 1, ctypes.c_int(-4))
+print("add_key", "ALLOWED" if rc >= 0 else errno.errorcode.get(ctypes.get_errno()))
+print("vsock", outcome(lambda: socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()))
+"##;
+    let out = python_in_sandbox_with_a_terminal(code);
+    assert!(
+        out.contains("isatty True"),
+        "no terminal in the test: {out}"
+    );
+    for check in ["tiocsti", "add_key", "vsock"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("{check} ")))
+            .unwrap_or_else(|| panic!("{check} missing: {out}"));
+        assert!(line.contains("EPERM"), "{line}");
+    }
+}

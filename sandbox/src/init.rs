@@ -55,10 +55,10 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     // 6. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
     // 7. no_new_privs and no capabilities, in every set and the bounding set;
-    //    then no new user namespaces (seccomp), which would hand back
-    //    capabilities over a namespace of the command's own.
+    //    then seccomp for what capabilities do not cover: user namespaces,
+    //    TIOCSTI into the caller's terminal, root's keyring, vsock.
     capabilities::drop_all()?;
-    seccomp::deny_user_namespaces()?;
+    seccomp::install_filter()?;
     // 8. Nothing in the sandbox may read PID 1's memory or environment.
     nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
     // 9. Exec the command and stay as its reaper.
