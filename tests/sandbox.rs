@@ -1740,3 +1740,19 @@ print("vsock", outcome(lambda: socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM
         assert!(line.contains("EPERM"), "{line}");
     }
 }
+
+#[test]
+fn run_directories_of_dead_tollgates_are_removed() {
+    require_root!();
+    // A pid that cannot exist (above the kernel's maximum of 2^22).
+    let stale = std::env::temp_dir().join("tollgate-run-999999999-0");
+    std::fs::create_dir_all(stale.join("scratch")).unwrap();
+    std::fs::write(stale.join("spec.json"), "{}").unwrap();
+    let _cleanup = RemoveTreeOnDrop(stale.clone());
+    let status = std::process::Command::new(BIN)
+        .args(["exec", "--policy", "off", "--", "/bin/true"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!stale.exists(), "stale run directory left in place");
+}

@@ -204,6 +204,28 @@ fn in_new_namespaces(
     Ok(status.code().unwrap_or(137))
 }
 
+/// Run directories of tollgate processes that no longer exist: a host side
+/// killed with SIGKILL cannot remove its own (the sandbox's writes were on
+/// its namespace's tmpfs and are gone; this is the empty scaffolding).
+fn remove_stale_run_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(RUN_DIR_PREFIX)) else {
+            continue;
+        };
+        let owner = rest
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// `lo` starts down in a new network namespace. iproute2 does it; the
 /// alternative is a raw netlink or ioctl call this crate would need unsafe
 /// code for.
@@ -225,12 +247,15 @@ fn bring_up_loopback() -> Result<(), SandboxError> {
     }
 }
 
+const RUN_DIR_PREFIX: &str = "tollgate-run-";
+
 /// A fresh 0700 directory for the spec, injected files and the scratch
 /// mount point.
 fn private_run_dir() -> Result<PathBuf, SandboxError> {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
+    remove_stale_run_dirs();
     let dir = std::env::temp_dir().join(format!(
-        "tollgate-run-{}-{}",
+        "{RUN_DIR_PREFIX}{}-{}",
         std::process::id(),
         RUNS.fetch_add(1, Ordering::Relaxed)
     ));
