@@ -795,12 +795,16 @@ fn assert_one_allowed_one_denied(records: &[serde_json::Value], kind: &str) {
 // ---------------------------------------------------------------------------
 // Filesystem
 
-/// Removes a path on drop (a host file a test might leave on failure).
+/// Removes a host file or directory tree a test might leave on failure.
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -1627,7 +1631,7 @@ fn tollgates_state_dir_and_ca_key_are_hidden_inside() {
         "/var/tmp/tollgate-state-test-{}",
         std::process::id()
     ));
-    let _cleanup = RemoveTreeOnDrop(state.clone());
+    let _cleanup = RemoveOnDrop(state.clone());
     let init = std::process::Command::new(BIN)
         .arg("--state-dir")
         .arg(&state)
@@ -1657,15 +1661,6 @@ fn tollgates_state_dir_and_ca_key_are_hidden_inside() {
         assert!(!stdout.contains(marker), "{marker}: {stdout}");
     }
     assert!(!state.join("planted").exists());
-}
-
-/// Removes a directory tree on drop.
-struct RemoveTreeOnDrop(PathBuf);
-
-impl Drop for RemoveTreeOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -1748,7 +1743,7 @@ fn run_directories_of_dead_tollgates_are_removed() {
     let stale = std::env::temp_dir().join("tollgate-run-999999999-0");
     std::fs::create_dir_all(stale.join("scratch")).unwrap();
     std::fs::write(stale.join("spec.json"), "{}").unwrap();
-    let _cleanup = RemoveTreeOnDrop(stale.clone());
+    let _cleanup = RemoveOnDrop(stale.clone());
     let status = std::process::Command::new(BIN)
         .args(["exec", "--policy", "off", "--", "/bin/true"])
         .status()

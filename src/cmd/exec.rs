@@ -113,10 +113,10 @@ async fn serve_until_exit(
     let code = loop {
         tokio::select! {
             result = &mut waiting => break result.context("sandbox waiter")??,
-            _ = signals.terminate.recv() => init.signal(Signal::SIGTERM),
-            _ = signals.hangup.recv() => init.signal(Signal::SIGHUP),
-            _ = signals.interrupt.recv() => pass_on(init, Signal::SIGINT),
-            _ = signals.quit.recv() => pass_on(init, Signal::SIGQUIT),
+            _ = signals.terminate.recv() => pass_on(init, Signal::SIGTERM),
+            _ = signals.hangup.recv() => pass_on(init, Signal::SIGHUP),
+            _ = signals.interrupt.recv() => pass_on_unless_terminal(init, Signal::SIGINT),
+            _ = signals.quit.recv() => pass_on_unless_terminal(init, Signal::SIGQUIT),
         }
     };
     proxy.shutdown().await;
@@ -124,9 +124,15 @@ async fn serve_until_exit(
     Ok(code)
 }
 
+/// Sends `signal` to the sandbox's init off the async workers: delivery may
+/// wait (briefly) for init to install its handlers.
 fn pass_on(init: Init, signal: Signal) {
+    tokio::task::spawn_blocking(move || init.signal(signal));
+}
+
+fn pass_on_unless_terminal(init: Init, signal: Signal) {
     if !interrupts_come_from_a_terminal() {
-        init.signal(signal);
+        pass_on(init, signal);
     }
 }
 
