@@ -43,6 +43,8 @@ pub enum SandboxError {
     Seccomp(String),
     #[error("the sandbox thread {0}")]
     Thread(&'static str),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("{0} is a symlink in the base (or under one): bind or mount somewhere that is not")]
     SymlinkTarget(PathBuf),
 }

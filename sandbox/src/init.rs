@@ -11,6 +11,7 @@ use std::process::Command;
 use nix::unistd::Pid;
 
 use crate::capabilities;
+use crate::cgroup;
 use crate::fds;
 use crate::reaper::{supervise, Signals};
 use crate::rootfs;
@@ -27,16 +28,26 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     //    run whose host side is killed leaves nothing of it behind.
     let spec = Spec::read(spec_path)?;
     let _ = std::fs::remove_file(spec_path);
+    //    Resource limits: join the phase's cgroups while the host's
+    //    /sys/fs/cgroup is still in view; every process started from here
+    //    on is born inside them.
+    cgroup::join(&spec.cgroups)?;
     // 1. Namespaces: the host side created network, mount, PID, IPC and UTS
     //    namespaces for us; we are PID 1 of the new PID namespace. If the
     //    host side dies, so do we, and with PID 1 the whole namespace.
     die_with_parent()?;
     // 2. Mount propagation private, so no mount below leaks to the host.
     rootfs::make_mounts_private()?;
-    // 3. Overlay root: the base read-only, writes to an upper layer on a
-    //    tmpfs that exists only in this mount namespace.
-    let layers = rootfs::mount_scratch(&spec.scratch)?;
-    rootfs::mount_overlay(&spec.base, &layers)?;
+    // 3. Overlay root: the base and any earlier layers read-only; writes go
+    //    to an upper layer on a tmpfs that exists only in this mount
+    //    namespace, or, for the phases of a run, to the run's own directory.
+    let layers = rootfs::mount_scratch(&spec.scratch, spec.writable.as_deref())?;
+    let base = if spec.layers.is_empty() {
+        spec.base.clone()
+    } else {
+        rootfs::stackable_base(&spec.base, &spec.scratch)?
+    };
+    rootfs::mount_overlay(&base, &spec.layers, &layers)?;
     rootfs::mount_binds(&layers.root, &spec.binds)?;
     rootfs::mask(&layers.root, &spec.masks)?;
     // 4. /proc for this PID namespace, with the host-global knobs read-only

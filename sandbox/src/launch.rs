@@ -3,9 +3,10 @@
 
 use std::fs::DirBuilder;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -47,14 +48,49 @@ pub fn preflight() -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Where the sandbox's standard streams go.
+#[derive(Debug)]
+pub enum Output {
+    /// The caller's own stdin, stdout and stderr (and terminal).
+    Inherit,
+    /// stdout and stderr to this descriptor (a pipe the host reads), stdin
+    /// from /dev/null: for phases whose output the host logs.
+    Pipe(OwnedFd),
+}
+
+impl Output {
+    fn configure(self, command: &mut Command) -> Result<(), SandboxError> {
+        if let Output::Pipe(fd) = self {
+            let second = fd
+                .try_clone()
+                .map_err(SandboxError::io("duplicate the output pipe"))?;
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(fd))
+                .stderr(Stdio::from(second));
+        }
+        Ok(())
+    }
+}
+
 impl Sandbox {
     /// Starts `spec` (its `scratch` is filled in here) with `files` laid over
     /// their paths inside. Returns the sandbox and the proxy's listener,
     /// bound to `listen` inside the sandbox's network namespace.
     pub fn start(
+        spec: Spec,
+        files: Vec<NewFile>,
+        listen: SocketAddr,
+    ) -> Result<(Sandbox, TcpListener), SandboxError> {
+        Sandbox::start_with(spec, files, listen, Output::Inherit)
+    }
+
+    /// [`Sandbox::start`] with the standard streams sent to `output`.
+    pub fn start_with(
         mut spec: Spec,
         files: Vec<NewFile>,
         listen: SocketAddr,
+        output: Output,
     ) -> Result<(Sandbox, TcpListener), SandboxError> {
         preflight()?;
         if !spec.base.is_dir() {
@@ -77,7 +113,7 @@ impl Sandbox {
         let (ready_tx, ready_rx) = mpsc::channel();
         let waiter = std::thread::Builder::new()
             .name("tollgate-sandbox".into())
-            .spawn(move || in_new_namespaces(&spec_path, listen, ready_tx))
+            .spawn(move || in_new_namespaces(&spec_path, listen, output, ready_tx))
             .map_err(SandboxError::io("start the sandbox thread"))?;
         let (listener, init) = match ready_rx.recv() {
             Ok(ready) => ready,
@@ -138,6 +174,12 @@ impl Init {
         let _ = kill(self.0, signal);
     }
 
+    /// SIGKILL to PID 1, which takes the whole PID namespace with it: the
+    /// end of a phase that overran its timeout.
+    pub fn kill(self) {
+        let _ = kill(self.0, Signal::SIGKILL);
+    }
+
     /// Whether init has a handler for `signal` (the SigCgt mask in
     /// /proc/PID/status).
     fn catches(self, signal: Signal) -> bool {
@@ -169,6 +211,7 @@ impl Drop for RunDir {
 fn in_new_namespaces(
     spec_path: &Path,
     listen: SocketAddr,
+    output: Output,
     ready: mpsc::Sender<(TcpListener, Pid)>,
 ) -> Result<SandboxExit, SandboxError> {
     unshare(CloneFlags::CLONE_NEWNET).map_err(|source| SandboxError::Namespace {
@@ -189,9 +232,10 @@ fn in_new_namespaces(
         what: "mount, PID, IPC and UTS",
         source,
     })?;
-    let mut init = Command::new("/proc/self/exe")
-        .arg(INIT_ARG)
-        .arg(spec_path)
+    let mut command = Command::new("/proc/self/exe");
+    command.arg(INIT_ARG).arg(spec_path);
+    output.configure(&mut command)?;
+    let mut init = command
         .spawn()
         .map_err(SandboxError::io("start the sandbox"))?;
     let pid = Pid::from_raw(i32::try_from(init.id()).unwrap_or(i32::MAX));

@@ -14,16 +14,24 @@
 // One audited exception, close_range(2) in fds.rs; everything else is safe.
 #![deny(unsafe_code)]
 
+pub mod autosetup;
+pub mod cache;
 pub mod capabilities;
+pub mod cgroup;
+pub mod checkout;
+pub mod diff;
+pub mod environment;
 mod error;
 mod fds;
 pub mod init;
 pub mod launch;
+pub mod layers;
 pub mod reaper;
 pub mod rootfs;
 pub mod seccomp;
+pub mod secrets;
 pub mod spec;
 
 pub use error::SandboxError;
-pub use launch::{Sandbox, SandboxExit};
+pub use launch::{Output, Sandbox, SandboxExit};
 pub use spec::{Bind, InjectedFile, NewFile, Spec};

@@ -37,10 +37,11 @@ pub fn make_mounts_private() -> Result<(), SandboxError> {
     .map_err(SandboxError::setup("make mount propagation private"))
 }
 
-/// A tmpfs on `scratch` holding the overlay's upper and work directories:
-/// it exists only in this mount namespace, so nothing of the run outlives
-/// it, however the sandbox ends.
-pub fn mount_scratch(scratch: &Path) -> Result<Layers, SandboxError> {
+/// A tmpfs on `scratch` holding the overlay's mount point and, unless the
+/// writable layer lives in `writable` on the host, its upper and work
+/// directories: the tmpfs exists only in this mount namespace, so nothing
+/// on it outlives the sandbox, however the sandbox ends.
+pub fn mount_scratch(scratch: &Path, writable: Option<&Path>) -> Result<Layers, SandboxError> {
     mount(
         Some("tmpfs"),
         scratch,
@@ -52,25 +53,67 @@ pub fn mount_scratch(scratch: &Path) -> Result<Layers, SandboxError> {
         "mount scratch tmpfs on {}",
         scratch.display()
     )))?;
+    let layer_dir = writable.unwrap_or(scratch);
     let layers = Layers {
-        upper: scratch.join("upper"),
-        work: scratch.join("work"),
+        upper: layer_dir.join("upper"),
+        work: layer_dir.join("work"),
         root: scratch.join("root"),
     };
     for dir in [&layers.upper, &layers.work, &layers.root] {
-        fs::create_dir(dir).map_err(SandboxError::io(format!("create {}", dir.display())))?;
+        if !dir.is_dir() {
+            fs::create_dir(dir).map_err(SandboxError::io(format!("create {}", dir.display())))?;
+        }
     }
     Ok(layers)
 }
 
-/// The overlay root: `base` read-only below, writes land in the upper layer.
-pub fn mount_overlay(base: &Path, layers: &Layers) -> Result<(), SandboxError> {
-    for path in [base, &layers.upper, &layers.work] {
+/// The base as a layer other layers can sit on. overlayfs refuses a lower
+/// layer that lies inside another lower layer (ELOOP, "overlapping lowerdir
+/// path"), and every layer under tollgate's state dir lies inside a base of
+/// `/`. A read-only overlay of the base (with an empty second layer on the
+/// scratch tmpfs: an overlay needs two lower layers when it has no upper)
+/// is a filesystem of its own, so the layers are no longer inside it.
+pub fn stackable_base(base: &Path, scratch: &Path) -> Result<PathBuf, SandboxError> {
+    let empty = scratch.join("empty");
+    let view = scratch.join("base");
+    for dir in [&empty, &view] {
+        fs::create_dir(dir).map_err(SandboxError::io(format!("create {}", dir.display())))?;
+    }
+    overlay_safe(base)?;
+    let options = format!("lowerdir={}:{}", base.display(), empty.display());
+    mount(
+        Some("overlay"),
+        &view,
+        Some("overlay"),
+        MsFlags::MS_RDONLY,
+        Some(options.as_str()),
+    )
+    .map_err(SandboxError::setup(format!(
+        "mount a read-only view of {}",
+        base.display()
+    )))?;
+    Ok(view)
+}
+
+/// The overlay root: `read_only` (topmost first) over `base`, all read-only
+/// below; writes land in the upper layer.
+pub fn mount_overlay(
+    base: &Path,
+    read_only: &[PathBuf],
+    layers: &Layers,
+) -> Result<(), SandboxError> {
+    let lower: Vec<&Path> = read_only
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([base])
+        .collect();
+    for path in lower.iter().copied().chain([&*layers.upper, &*layers.work]) {
         overlay_safe(path)?;
     }
+    let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        base.display(),
+        lower.join(":"),
         layers.upper.display(),
         layers.work.display()
     );

@@ -62,8 +62,21 @@ pub struct InjectedFile {
 pub struct Spec {
     /// Lower layer of the overlay root (read-only).
     pub base: PathBuf,
+    /// Read-only layers stacked above the base, topmost first: the writable
+    /// layers of earlier phases, cache snapshots.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
+    /// A host directory for the writable layer (`upper/`, `work/`) when it
+    /// must outlive the sandbox, as between the phases of `tollgate run`.
+    /// None: the writable layer is a tmpfs that vanishes with the sandbox.
+    #[serde(default)]
+    pub writable: Option<PathBuf>,
     /// Private host directory the sandbox mounts its scratch tmpfs on.
     pub scratch: PathBuf,
+    /// `cgroup.procs` files PID 1 joins before it starts anything, so no
+    /// process of the sandbox runs outside its limits.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
     pub binds: Vec<Bind>,
     /// Directories of the base hidden behind an empty read-only tmpfs
     /// (tollgate's own state: the CA key must never be readable inside).
