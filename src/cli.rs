@@ -39,6 +39,49 @@ pub enum Command {
     Ca(CaCommand),
     /// Run one command in a sandbox whose only route out is the proxy.
     Exec(ExecArgs),
+    /// Check out a repo, run its setup, then an agent, each phase in a
+    /// sandbox with its own egress policy; hand back a diff.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Phases: setup (the environment's `setup` script, or automatic setup from     lock files, with env + secrets and the setup policy), then the agent (the command after     --, with env but no secrets, and the agent policy). Each phase is a fresh sandbox over the     same files: processes and proxy connections end with their phase. Outputs in --out:     result.json, diff.patch (the agent's changes), audit.jsonl, setup.log, agent.log. Exit     status: the agent's; a failed setup stops the run. Needs root.\n\n    Example:\n  tollgate run examples/hello.yaml --repo \"$(examples/hello-repo.sh)\" -- bash agent.sh"
+)]
+pub struct RunArgs {
+    /// Environment file (YAML; see README, \"Environment files\").
+    #[arg(value_name = "ENV.yaml")]
+    pub environment: PathBuf,
+
+    /// Repository to check out: a local path or a URL (cloned on the host).
+    #[arg(long, value_name = "PATH|URL")]
+    pub repo: String,
+
+    /// Branch to check out (default: the repo's default branch).
+    #[arg(long, value_name = "B", conflicts_with = "commit")]
+    pub branch: Option<String>,
+
+    /// Commit to check out (detached).
+    #[arg(long, value_name = "SHA")]
+    pub commit: Option<String>,
+
+    /// Directory for the outputs (must be new or empty). Default: a new
+    /// directory under ./tollgate-out/.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// CA directory for TLS interception (default: the state dir's CA, if any).
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Extra trust anchors (PEM) for upstream servers of intercepted HTTPS.
+    #[arg(long, value_name = "PEM")]
+    pub upstream_ca: Vec<PathBuf>,
+
+    /// The agent command and its arguments; without one, the run stops
+    /// after setup.
+    #[arg(last = true, value_name = "AGENT")]
+    pub agent: Vec<String>,
 }
 
 #[derive(Debug, Args)]

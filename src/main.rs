@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd::proxy::run(args, &state),
         Command::Ca(CaCommand::Init(args)) => cmd::ca::init(args, &state),
         Command::Exec(args) => cmd::exec::run(args, &state),
+        Command::Run(args) => cmd::run::run(args, &state),
         Command::Policy(PolicyCommand::Check(args)) => cmd::policy::check(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
     };

@@ -17,6 +17,11 @@ impl StateDir {
         &self.0
     }
 
+    /// The writable layers of runs in progress.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.0.join("runs")
+    }
+
     /// The default CA directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.0.join("certs")

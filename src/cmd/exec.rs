@@ -21,7 +21,7 @@ use crate::cmd::{ca, proxy};
 use crate::state::StateDir;
 
 /// Where the proxy listens inside every sandbox (DESIGN.md).
-const SANDBOX_PROXY: &str = "127.0.0.1:3128";
+pub(crate) const SANDBOX_PROXY: &str = "127.0.0.1:3128";
 /// The system CA file of Debian-family bases, replaced by our bundle.
 const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Where the bundle also lives under its own name.
@@ -57,7 +57,7 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
         None => AuditTarget::Discard,
     })?;
     let (mut spec, files) = sandbox_spec(&args, loaded.as_ref().map(|ca| ca.cert_pem.as_str()))?;
-    spec.masks = private_dirs(&args, state);
+    spec.masks = private_dirs(args.ca_dir.as_deref(), state);
     let listen = SANDBOX_PROXY.parse().context("proxy address")?;
     proxy::raise_open_file_limit();
     let config = ProxyConfig {
@@ -136,10 +136,11 @@ fn pass_on_unless_terminal(init: Init, signal: Signal) {
     }
 }
 
-/// tollgate's own state (the CA key above all) is never visible inside.
-fn private_dirs(args: &ExecArgs, state: &StateDir) -> Vec<PathBuf> {
+/// tollgate's own state (the CA key above all, and the layers of runs) is
+/// never visible inside.
+pub(crate) fn private_dirs(ca_dir: Option<&std::path::Path>, state: &StateDir) -> Vec<PathBuf> {
     let mut dirs = vec![state.root().to_path_buf(), state.ca_dir()];
-    dirs.extend(args.ca_dir.clone());
+    dirs.extend(ca_dir.map(std::path::Path::to_path_buf));
     dirs.into_iter()
         .filter_map(|dir| std::fs::canonicalize(dir).ok())
         .collect()
@@ -154,18 +155,8 @@ fn sandbox_spec(args: &ExecArgs, ca_pem: Option<&str>) -> Result<(Spec, Vec<NewF
     for text in &args.ro_bind {
         binds.push(Bind::parse(text, true)?);
     }
-    let mut env = proxy_environment();
-    let file = |path: &str, bytes: Vec<u8>| NewFile {
-        sandbox: PathBuf::from(path),
-        bytes,
-    };
-    let mut files = vec![file("/etc/resolv.conf", RESOLV_CONF.as_bytes().to_vec())];
-    if let Some(pem) = ca_pem {
-        let bundle = tollgate_certs::trust_bundle(pem)?.into_bytes();
-        files.push(file(SYSTEM_CA_FILE, bundle.clone()));
-        files.push(file(BUNDLE_FILE, bundle));
-        env.extend(ca_environment());
-    }
+    let mut env = sandbox_environment(ca_pem.is_some());
+    let files = network_files(ca_pem)?;
     for pair in &args.env {
         let Some((key, value)) = pair.split_once('=') else {
             bail!("--env {pair}: expected K=V");
@@ -175,7 +166,10 @@ fn sandbox_spec(args: &ExecArgs, ca_pem: Option<&str>) -> Result<(Spec, Vec<NewF
     }
     let spec = Spec {
         base: args.base.clone(),
+        layers: Vec::new(),
+        writable: None,
         scratch: PathBuf::new(),
+        cgroups: Vec::new(),
         binds,
         masks: Vec::new(),
         files: Vec::new(),
@@ -185,6 +179,32 @@ fn sandbox_spec(args: &ExecArgs, ca_pem: Option<&str>) -> Result<(Spec, Vec<NewF
         command: args.command.clone(),
     };
     Ok((spec, files))
+}
+
+/// The files every sandbox gets: a resolver that fails fast, and with
+/// interception, the CA bundle over the system's and under its own name.
+pub(crate) fn network_files(ca_pem: Option<&str>) -> Result<Vec<NewFile>> {
+    let file = |path: &str, bytes: Vec<u8>| NewFile {
+        sandbox: PathBuf::from(path),
+        bytes,
+    };
+    let mut files = vec![file("/etc/resolv.conf", RESOLV_CONF.as_bytes().to_vec())];
+    if let Some(pem) = ca_pem {
+        let bundle = tollgate_certs::trust_bundle(pem)?.into_bytes();
+        files.push(file(SYSTEM_CA_FILE, bundle.clone()));
+        files.push(file(BUNDLE_FILE, bundle));
+    }
+    Ok(files)
+}
+
+/// The environment every sandboxed command starts from: the proxy
+/// variables, and the CA bundle variables when intercepting.
+pub(crate) fn sandbox_environment(intercepting: bool) -> Vec<(String, String)> {
+    let mut env = proxy_environment();
+    if intercepting {
+        env.extend(ca_environment());
+    }
+    env
 }
 
 /// A minimal environment (the host's may hold credentials) pointing every

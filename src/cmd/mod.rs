@@ -2,3 +2,4 @@ pub mod ca;
 pub mod exec;
 pub mod policy;
 pub mod proxy;
+pub mod run;
