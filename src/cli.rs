@@ -42,6 +42,23 @@ pub enum Command {
     /// Check out a repo, run its setup, then an agent, each phase in a
     /// sandbox with its own egress policy; hand back a diff.
     Run(RunArgs),
+    /// List, reset or garbage-collect the cache of setup snapshots.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Every snapshot: environment, key prefix, age, size, expiry.
+    List,
+    /// Remove one environment's snapshots (those no run is using).
+    Reset {
+        /// The environment file whose snapshots go.
+        #[arg(value_name = "ENV.yaml")]
+        environment: PathBuf,
+    },
+    /// Remove expired and incomplete snapshots and leftovers; says what it freed.
+    Gc,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{CaCommand, Cli, Command, PolicyCommand};
+use crate::cli::{CaCommand, CacheCommand, Cli, Command, PolicyCommand};
 
 /// Exit status for a usage or configuration error (DESIGN.md, `policy eval`).
 const EXIT_CONFIG: u8 = 2;
@@ -26,6 +26,11 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Init(args)) => cmd::ca::init(args, &state),
         Command::Exec(args) => cmd::exec::run(args, &state),
         Command::Run(args) => cmd::run::run(args, &state),
+        Command::Cache(CacheCommand::List) => cmd::cache::list(&state),
+        Command::Cache(CacheCommand::Reset { environment }) => {
+            cmd::cache::reset(&environment, &state)
+        }
+        Command::Cache(CacheCommand::Gc) => cmd::cache::gc(&state),
         Command::Policy(PolicyCommand::Check(args)) => cmd::policy::check(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
     };

@@ -22,6 +22,11 @@ impl StateDir {
         self.0.join("runs")
     }
 
+    /// Cache snapshots.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.0.join("cache")
+    }
+
     /// The default CA directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.0.join("certs")

@@ -170,6 +170,75 @@ pub fn clone_into(
     })
 }
 
+/// A revision resolved on the host: what a resume checks out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub commit: String,
+    pub branch: Option<String>,
+}
+
+/// A bare mirror of `source` in `dest`, for a resumed run to fetch from,
+/// and `revision` resolved in it. The resumed workspace came from a
+/// snapshot that setup's code could write, so the host's git never runs in
+/// it: the sandbox fetches from this mirror (see [`update_script`]).
+pub fn mirror(source: &str, revision: &Revision, dest: &Path) -> Result<Target, CheckoutError> {
+    validate(revision)?;
+    let mut clone = git(None);
+    clone
+        .args(["clone", "--quiet", "--bare", "--no-hardlinks", "--"])
+        .arg(source)
+        .arg(dest);
+    run(&mut clone, "clone")?;
+    let (spec, branch) = match revision {
+        Revision::Default => {
+            let head = stdout_line(
+                git(Some(dest)).args(["symbolic-ref", "--short", "HEAD"]),
+                "symbolic-ref",
+            )?;
+            (head.clone(), Some(head))
+        }
+        Revision::Branch(b) => (format!("refs/heads/{b}"), Some(b.clone())),
+        Revision::Commit(c) => (c.clone(), None),
+    };
+    let commit = stdout_line(
+        git(Some(dest)).args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{spec}^{{commit}}"),
+        ]),
+        "rev-parse",
+    )
+    .map_err(|_| CheckoutError::Git {
+        step: "rev-parse",
+        detail: format!("{spec}: no such branch or commit in {source}"),
+    })?;
+    Ok(Target { commit, branch })
+}
+
+/// The commands maintenance runs first (inside the sandbox, in the
+/// workspace): fetch from the mirror and check out the target, keeping
+/// untracked and ignored files (installed dependencies) as they are.
+pub fn update_script(target: &Target, mirror: &Path) -> String {
+    let checkout = match &target.branch {
+        Some(branch) => format!(
+            "git checkout --quiet --force -B {} {}",
+            shell_quote(branch),
+            target.commit
+        ),
+        None => format!("git checkout --quiet --force --detach {}", target.commit),
+    };
+    format!(
+        "git fetch --quiet --no-tags {} '+refs/heads/*:refs/remotes/origin/*'\n{checkout}\n",
+        shell_quote(&mirror.to_string_lossy())
+    )
+}
+
+/// `text` as one bash word.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 /// `git`, never prompting (a run has no one to answer), in `dir` if given.
 fn git(dir: Option<&Path>) -> Command {
     let mut command = Command::new("git");
@@ -255,6 +324,20 @@ mod tests {
         ] {
             assert!(validate(&good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn the_update_script_quotes_what_it_is_given() {
+        let target = Target {
+            commit: "0123abcd".into(),
+            branch: Some("it's".into()),
+        };
+        let script = update_script(&target, Path::new("/run/x"));
+        assert!(script.contains(r"-B 'it'\''s' 0123abcd"), "{script}");
+        assert!(
+            script.contains("git fetch --quiet --no-tags '/run/x'"),
+            "{script}"
+        );
     }
 
     #[test]

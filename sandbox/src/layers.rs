@@ -64,6 +64,16 @@ impl RunLayers {
         Ok(dir)
     }
 
+    /// Where a snapshot is assembled before its rename into the cache.
+    pub fn staging(&self) -> PathBuf {
+        self.dir.join("snapshot")
+    }
+
+    /// Where the host keeps its mirror of the repo for a resume.
+    pub fn mirror(&self) -> PathBuf {
+        self.dir.join("origin.git")
+    }
+
     /// The phase's upper directory: its writes, as files on the host.
     pub fn upper(&self, phase: &str) -> PathBuf {
         self.dir.join(phase).join("upper")

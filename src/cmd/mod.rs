@@ -1,4 +1,5 @@
 pub mod ca;
+pub mod cache;
 pub mod exec;
 pub mod policy;
 pub mod proxy;

@@ -13,14 +13,14 @@ use anyhow::{bail, Context, Result};
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
 use tollgate_proxy::policy::Policy;
 use tollgate_sandbox::autosetup::AutoSetup;
-use tollgate_sandbox::cache;
+use tollgate_sandbox::cache::{self, BuildLock, Meta, Snapshot, SnapshotStore};
 use tollgate_sandbox::cgroup;
 use tollgate_sandbox::checkout::{self, CheckedOut, Revision};
 use tollgate_sandbox::diff::{self, DiffLayers};
 use tollgate_sandbox::environment::{Environment, PhasePolicy, Secret};
 use tollgate_sandbox::layers::RunLayers;
 use tollgate_sandbox::secrets;
-use tollgate_sandbox::NewFile;
+use tollgate_sandbox::{Bind, NewFile};
 
 use self::output::{CacheResult, DiffResult, RunResult};
 use self::phase::{Outcome, Plan, Shared};
@@ -37,12 +37,29 @@ const SETUP_SCRIPT: &str = "/tmp/tollgate/setup.sh";
 /// runs a bash script, such as pyenv's, would recurse without end.)
 const READ_BASHRC: &str = "if [ -f ~/.bashrc ]; then . ~/.bashrc; fi";
 
+/// What the phases of one run share, set up before the first.
+struct Run {
+    environment: Environment,
+    secrets: Vec<Secret>,
+    source: String,
+    name: String,
+    workspace: PathBuf,
+    layers: RunLayers,
+    shared: Shared,
+    files: Vec<NewFile>,
+    env: Vec<(String, String)>,
+    intercepting: bool,
+    runtime: tokio::runtime::Runtime,
+}
+
 pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
     tollgate_sandbox::launch::preflight()?;
     let environment = Environment::load(&args.environment)?;
     let loaded = ca::interception(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
     let intercepting = loaded.is_some();
-    let setup_policy = phase_policy(&environment.internet.setup, intercepting)?;
+    // Both policies load before anything starts; setup's is loaded again
+    // for whichever phase (setup or maintenance) uses it.
+    phase_policy(&environment.internet.setup, intercepting)?;
     let agent_policy = phase_policy(&environment.internet.agent, intercepting)?;
     let secrets = environment.resolve_secrets(|name| std::env::var(name).ok())?;
     let revision = revision(&args);
@@ -51,113 +68,68 @@ pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
     let name = checkout::repo_name(&source)?;
     let key = cache::key(&environment, &source, &secrets)?;
     let out = output::create_out_dir(args.out.as_deref(), &environment.name)?;
-
     let layers = RunLayers::create(&state.runs_dir())?;
-    let setup_dir = layers.prepare("setup")?;
-    let workspace = Path::new("workspace").join(&name);
-    let checked_out = check_out(&source, &revision, &layers.upper("setup").join(&workspace))?;
-    let script = setup_script(&environment, &layers.upper("setup").join(&workspace))?;
-
-    let limits = cgroup::Limits {
-        memory: environment.limits.memory,
-        pids: environment.limits.pids,
-    };
-    let redact = redactions(&secrets);
     let shared = Shared {
         base: environment.base.clone(),
         masks: exec::private_dirs(args.ca_dir.as_deref(), state),
         workdir: checkout::workspace_in_sandbox(&name),
         interception: loaded.as_ref().map(|ca| ca.interception.clone()),
         audit: AuditLog::open(AuditTarget::File(out.join("audit.jsonl")))?,
-        limits,
+        limits: cgroup::Limits {
+            memory: environment.limits.memory,
+            pids: environment.limits.pids,
+        },
         run_id: layers.id().to_owned(),
         out: out.clone(),
-        redact,
+        redact: redactions(&secrets),
     };
-    let files = exec::network_files(loaded.as_ref().map(|ca| ca.cert_pem.as_str()))?;
-    let env = phase_environment(&environment, intercepting);
     crate::cmd::proxy::raise_open_file_limit();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-
-    let mut setup_files = files.clone();
-    setup_files.push(NewFile {
-        sandbox: PathBuf::from(SETUP_SCRIPT),
-        bytes: script.into_bytes(),
-    });
-    let setup = Plan {
-        name: "setup",
-        policy: setup_policy,
-        command: vec![
-            "bash".into(),
-            "-c".into(),
-            format!("{READ_BASHRC}; exec bash -e {SETUP_SCRIPT}"),
-        ],
-        env: with_secrets(&env, &secrets),
-        files: setup_files,
-        read_only: Vec::new(),
-        writable: setup_dir,
-        timeout: environment.limits.setup_timeout,
+    let run = Run {
+        files: exec::network_files(loaded.as_ref().map(|ca| ca.cert_pem.as_str()))?,
+        env: phase_environment(&environment, intercepting),
+        workspace: Path::new("workspace").join(&name),
+        environment,
+        secrets,
+        source,
+        name,
+        layers,
+        shared,
+        intercepting,
+        runtime: tokio::runtime::Runtime::new().context("cannot start the async runtime")?,
     };
-    let (setup, mut warnings) = runtime.block_on(phase::run(setup, &shared))?;
-    let mut phases = vec![setup];
-    warnings.extend(secret_warnings(&layers.upper("setup"), &secrets));
 
+    let store = SnapshotStore::new(state.cache_dir());
+    let (status, prepared) = run.prepare(&store, &key, &revision)?;
+    let mut warnings = prepared.warnings;
+    let mut phases = vec![prepared.phase];
     let mut diff_result = None;
     let mut exit_code = phases[0].exit_code;
     if !phases[0].succeeded() || phases[0].interrupted {
-        eprintln!("{}", setup_failure(&phases[0]));
+        eprintln!("{}", phase_failure(&phases[0]));
         exit_code = if exit_code == 0 { 1 } else { exit_code };
     } else if args.agent.is_empty() {
-        eprintln!("tollgate: no agent command given (after --): the run stops after setup");
+        eprintln!(
+            "tollgate: no agent command given (after --): the run stops after {}",
+            phases[0].name
+        );
     } else {
-        let agent_dir = layers.prepare("agent")?;
-        let read_only = vec![layers.upper("setup")];
-        let agent = Plan {
-            name: "agent",
-            policy: agent_policy,
-            command: agent_command(&args.agent),
-            env: env.clone(),
-            files,
-            read_only: read_only.clone(),
-            writable: agent_dir,
-            timeout: environment.limits.agent_timeout,
-        };
-        let (outcome, _) = runtime.block_on(phase::run(agent, &shared))?;
+        let (outcome, diff) = run.agent(agent_policy, &args.agent, prepared.ready.read_only)?;
         exit_code = outcome.exit_code;
         phases.push(outcome);
-        let lower: Vec<PathBuf> = read_only
-            .into_iter()
-            .chain([environment.base.clone()])
-            .collect();
-        let summary = diff::write_agent_diff(
-            &DiffLayers {
-                lower: &lower,
-                upper: &layers.upper("agent"),
-            },
-            &workspace,
-            &out.join("diff.patch"),
-        )?;
-        diff_result = Some(DiffResult {
-            path: "diff.patch",
-            files_changed: summary.files_changed,
-            bytes: summary.bytes,
-        });
+        diff_result = Some(diff);
     }
-    shared.audit.sync(std::time::Duration::from_secs(5));
+    run.shared.audit.sync(std::time::Duration::from_secs(5));
     for file in ["audit.jsonl", "diff.patch"] {
-        if output::redact_file(&out.join(file), &shared.redact)? {
+        if output::redact_file(&out.join(file), &run.shared.redact)? {
             let warning = format!("{file}: contained a secret value, now replaced by ***");
             eprintln!("tollgate: warning: {warning}");
             warnings.push(warning);
         }
     }
     let result = RunResult {
-        env: environment.name.clone(),
-        repo: checked_out,
-        cache: CacheResult {
-            status: "disabled",
-            key,
-        },
+        env: run.environment.name.clone(),
+        repo: prepared.ready.checked_out,
+        cache: CacheResult { status, key },
         phases,
         diff: diff_result,
         exit_code,
@@ -166,6 +138,244 @@ pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
     result.write(&out)?;
     print_summary(&result, &out);
     Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(1)))
+}
+
+/// The first phase's result and what the agent needs.
+struct Preparation {
+    phase: Outcome,
+    warnings: Vec<String>,
+    ready: Ready,
+}
+
+/// The agent's starting point: its read-only layers (topmost first) and
+/// the checkout they hold.
+struct Ready {
+    checked_out: CheckedOut,
+    read_only: Vec<PathBuf>,
+    /// Held while the agent uses the snapshot: reset and gc leave it alone.
+    _snapshot: Option<Snapshot>,
+}
+
+impl Run {
+    /// Setup, or on a cache hit maintenance; returns the cache status.
+    fn prepare(
+        &self,
+        store: &SnapshotStore,
+        key: &str,
+        revision: &Revision,
+    ) -> Result<(&'static str, Preparation)> {
+        let env_name = &self.environment.name;
+        let ttl = self.environment.cache.ttl;
+        if !self.environment.cache.enabled() {
+            eprintln!("tollgate: cache: disabled (cache.ttl: 0): running setup");
+            return Ok(("disabled", self.setup(revision, None)?));
+        }
+        if let Some(snapshot) = store.lookup(env_name, key, ttl)? {
+            eprintln!(
+                "tollgate: cache: hit (key {}, made {} ago): resuming it; setup skipped",
+                short(key),
+                humantime::format_duration(round_secs(snapshot.meta.age()))
+            );
+            return Ok(("hit", self.maintenance(revision, snapshot)?));
+        }
+        let build = store.try_build(env_name, key)?;
+        match &build {
+            Some(_) => eprintln!(
+                "tollgate: cache: miss (key {}): running setup; its result is cached for {}",
+                short(key),
+                humantime::format_duration(ttl)
+            ),
+            None => eprintln!(
+                "tollgate: cache: miss (key {}), and another run is building this snapshot: this run sets up without caching",
+                short(key)
+            ),
+        }
+        let publish = build.map(|lock| (store, lock, key));
+        Ok(("miss", self.setup(revision, publish)?))
+    }
+
+    /// A fresh setup: check out into the setup layer on the host, run the
+    /// script, and publish the layer as the key's snapshot when asked to.
+    fn setup(
+        &self,
+        revision: &Revision,
+        publish: Option<(&SnapshotStore, BuildLock, &str)>,
+    ) -> Result<Preparation> {
+        let setup_dir = self.layers.prepare("setup")?;
+        let upper = self.layers.upper("setup");
+        let checked_out = check_out(&self.source, revision, &upper.join(&self.workspace))?;
+        let script = setup_script(&self.environment, &upper.join(&self.workspace))?;
+        let (phase, mut warnings) =
+            self.run_script("setup", &script, setup_dir, Vec::new(), Vec::new())?;
+        warnings.extend(secret_warnings(&upper, &self.secrets));
+        let mut ready = Ready {
+            checked_out,
+            read_only: vec![upper.clone()],
+            _snapshot: None,
+        };
+        if let (true, Some((store, lock, key))) = (phase.succeeded() && !phase.interrupted, publish)
+        {
+            let meta = Meta {
+                env: self.environment.name.clone(),
+                key: key.to_owned(),
+                created: cache::now(),
+                ttl: self.environment.cache.ttl.as_secs(),
+                base: self.environment.base.clone(),
+                repo: self.source.clone(),
+            };
+            match store.publish(lock, &upper, &self.layers.staging(), meta)? {
+                Some(snapshot) => {
+                    eprintln!("tollgate: cache: published snapshot {}", short(key));
+                    ready.read_only = vec![snapshot.layer.clone()];
+                    ready._snapshot = Some(snapshot);
+                }
+                None => eprintln!(
+                    "tollgate: cache: an expired snapshot of this key is still in use: not replaced; this run continues uncached"
+                ),
+            }
+        }
+        Ok(Preparation {
+            phase,
+            warnings,
+            ready,
+        })
+    }
+
+    /// A resume: the snapshot as the lowest layer of the run; maintenance
+    /// first fetches and checks out the task's revision from a host-side
+    /// mirror (git runs inside, on the snapshot's untrusted workspace),
+    /// then runs the `maintenance` script.
+    fn maintenance(&self, revision: &Revision, snapshot: Snapshot) -> Result<Preparation> {
+        let dir = self.layers.prepare("maintenance")?;
+        let mirror = self.layers.mirror();
+        let target = checkout::mirror(&self.source, revision, &mirror)?;
+        let checked_out = CheckedOut {
+            source: self.source.clone(),
+            name: self.name.clone(),
+            commit: target.commit.clone(),
+            branch: target.branch.clone(),
+        };
+        eprintln!(
+            "tollgate: checking out {}{} in /workspace/{} (maintenance)",
+            target.commit,
+            target
+                .branch
+                .as_deref()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default(),
+            self.name
+        );
+        let script = format!(
+            "{}\n{}",
+            checkout::update_script(&target, Path::new(MIRROR_INSIDE)),
+            self.environment.maintenance.clone().unwrap_or_default()
+        );
+        let binds = vec![Bind {
+            host: mirror,
+            sandbox: PathBuf::from(MIRROR_INSIDE),
+            read_only: true,
+        }];
+        let read_only = vec![snapshot.layer.clone()];
+        let (phase, mut warnings) =
+            self.run_script("maintenance", &script, dir, read_only, binds)?;
+        warnings.extend(secret_warnings(
+            &self.layers.upper("maintenance"),
+            &self.secrets,
+        ));
+        Ok(Preparation {
+            phase,
+            warnings,
+            ready: Ready {
+                checked_out,
+                read_only: vec![self.layers.upper("maintenance"), snapshot.layer.clone()],
+                _snapshot: Some(snapshot),
+            },
+        })
+    }
+
+    /// Runs `script` with bash -e, env and secrets, and the setup policy.
+    fn run_script(
+        &self,
+        name: &'static str,
+        script: &str,
+        writable: PathBuf,
+        read_only: Vec<PathBuf>,
+        binds: Vec<Bind>,
+    ) -> Result<(Outcome, Vec<String>)> {
+        let mut files = self.files.clone();
+        files.push(NewFile {
+            sandbox: PathBuf::from(SETUP_SCRIPT),
+            bytes: script.as_bytes().to_vec(),
+        });
+        let plan = Plan {
+            name,
+            policy: phase_policy(&self.environment.internet.setup, self.intercepting)?,
+            command: vec![
+                "bash".into(),
+                "-c".into(),
+                format!("{READ_BASHRC}; exec bash -e {SETUP_SCRIPT}"),
+            ],
+            env: with_secrets(&self.env, &self.secrets),
+            files,
+            binds,
+            read_only,
+            writable,
+            timeout: self.environment.limits.setup_timeout,
+        };
+        self.runtime.block_on(phase::run(plan, &self.shared))
+    }
+
+    /// The agent phase on `read_only`, then its diff.
+    fn agent(
+        &self,
+        policy: Policy,
+        command: &[String],
+        read_only: Vec<PathBuf>,
+    ) -> Result<(Outcome, DiffResult)> {
+        let plan = Plan {
+            name: "agent",
+            policy,
+            command: agent_command(command),
+            env: self.env.clone(),
+            files: self.files.clone(),
+            binds: Vec::new(),
+            read_only: read_only.clone(),
+            writable: self.layers.prepare("agent")?,
+            timeout: self.environment.limits.agent_timeout,
+        };
+        let (outcome, _) = self.runtime.block_on(phase::run(plan, &self.shared))?;
+        let lower: Vec<PathBuf> = read_only
+            .into_iter()
+            .chain([self.environment.base.clone()])
+            .collect();
+        let summary = diff::write_agent_diff(
+            &DiffLayers {
+                lower: &lower,
+                upper: &self.layers.upper("agent"),
+            },
+            &self.workspace,
+            &self.shared.out.join("diff.patch"),
+        )?;
+        Ok((
+            outcome,
+            DiffResult {
+                path: "diff.patch",
+                files_changed: summary.files_changed,
+                bytes: summary.bytes,
+            },
+        ))
+    }
+}
+
+/// Where maintenance finds the host's mirror of the repo.
+const MIRROR_INSIDE: &str = "/run/tollgate/origin.git";
+
+fn short(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
+}
+
+fn round_secs(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs())
 }
 
 fn revision(args: &RunArgs) -> Revision {
@@ -299,7 +509,7 @@ fn secret_warnings(upper: &Path, secrets: &[Secret]) -> Vec<String> {
     warnings
 }
 
-fn setup_failure(setup: &Outcome) -> String {
+fn phase_failure(setup: &Outcome) -> String {
     let why = if setup.interrupted {
         "was interrupted".to_owned()
     } else if setup.timed_out {
@@ -313,8 +523,8 @@ fn setup_failure(setup: &Outcome) -> String {
         format!("exited with {}", setup.exit_code)
     };
     format!(
-        "tollgate: setup {why}: the agent did not run; see {} (set -e: the first failing command ends the script)",
-        setup.log
+        "tollgate: {} {why}: the agent did not run; see {} (set -e: the first failing command ends the script)",
+        setup.name, setup.log
     )
 }
 

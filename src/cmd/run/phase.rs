@@ -19,7 +19,7 @@ use tollgate_proxy::audit::AuditLog;
 use tollgate_proxy::policy::Policy;
 use tollgate_proxy::{Interception, Listener, Proxy, ProxyConfig};
 use tollgate_sandbox::cgroup::{self, PhaseCgroup};
-use tollgate_sandbox::{NewFile, Output, Sandbox, Spec};
+use tollgate_sandbox::{Bind, NewFile, Output, Sandbox, Spec};
 
 use super::output::PhaseStream;
 use crate::cmd::exec::SANDBOX_PROXY;
@@ -36,6 +36,7 @@ pub struct Plan {
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     pub files: Vec<NewFile>,
+    pub binds: Vec<Bind>,
     /// Read-only layers above the base, topmost first.
     pub read_only: Vec<PathBuf>,
     /// Directory of this phase's writable layer.
@@ -99,7 +100,7 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(Outcome, Vec<String>)> 
         writable: Some(plan.writable.clone()),
         scratch: PathBuf::new(),
         cgroups: cgroup.procs_files(),
-        binds: Vec::new(),
+        binds: plan.binds.clone(),
         masks: shared.masks.clone(),
         files: Vec::new(),
         hostname: "tollgate".into(),
