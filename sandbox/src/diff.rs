@@ -6,72 +6,75 @@
 //! layers (topmost first: earlier phases' upper dirs, with their whiteouts
 //! and opaque dirs, then the base) and the agent phase's own upper dir. How
 //! those layers combine is overlayfs' business, so this module lets the
-//! kernel answer, instead of re-implementing overlay semantics:
+//! kernel answer instead of re-implementing overlay semantics:
 //!
 //! 1. In a thread of its own with a private mount namespace, it mounts two
 //!    read-only overlays: *before* = the lower stack, *after* = the agent's
 //!    upper stacked on it as one more lower layer (exactly how container
 //!    image layers stack). A third, *probe*, is *after* with
-//!    `redirect_dir=nofollow`: looking up a directory the agent renamed
-//!    (overlayfs records that as a redirect) fails there with EPERM, which is
-//!    how renames are found without reading xattrs. The thread's namespace,
+//!    `redirect_dir=nofollow`: a lookup through a directory the agent
+//!    renamed (overlayfs records that as a redirect) fails there with EPERM,
+//!    which finds renames without reading xattrs. The thread's namespace,
 //!    and with it every mount, is gone when the thread ends; the mounts are
 //!    still unmounted explicitly.
 //! 2. Candidates come from the agent's upper: every non-directory entry
 //!    (file, symlink, whiteout), every name present on one side only of a
 //!    directory the upper holds (what an opaque directory hides), and, whole,
 //!    every directory that is new, replaced or renamed. Unchanged data is
-//!    never copied; unchanged files the agent merely copied up cost a copy
-//!    and produce no hunk.
-//! 3. The before and after versions of the candidates are copied out of the
-//!    two views into two scratch work trees, each snapshotted into a fresh
-//!    bare repository with `git add -A --force` and `git write-tree`, and
-//!    `git diff-tree --binary` of the two trees is the patch. Git gets paths,
-//!    binary files, modes, deletions and new files right.
+//!    never read; files the agent merely copied up are read and produce no
+//!    hunk.
+//! 3. The before and after versions of the candidates are streamed from the
+//!    two views into `git fast-import` in a fresh bare repository, as one
+//!    commit each (content, exec bit, symlinks as links), and `git diff-tree
+//!    --binary` of the two commits is the patch. Git gets paths, binary
+//!    files, modes, deletions and new files right; nothing of the content is
+//!    ever written out as a file, and git never walks a work tree.
 //!
 //! Trust boundary: everything inside the layers was written by the agent,
 //! which may be hostile. So
 //! - the trees are read through file descriptors: each lookup is an
 //!   `openat2(2)` that stays beneath the tree's root, follows no symlink and
-//!   crosses no mount; symlinks are recreated as symlinks, never followed;
+//!   crosses no mount; a symlink's target is read as text, never resolved;
 //!   only regular files are opened (`O_NOFOLLOW | O_NONBLOCK`, type checked
 //!   on the descriptor), so a FIFO or device never blocks or acts; the views
 //!   are mounted `nodev,nosuid,noexec` as well;
-//! - walks use explicit stacks, so a hostile depth cannot overflow ours;
-//! - git runs with an empty environment, no system or global config, in a
-//!   repository this module created; nothing from the content can reach its
-//!   configuration (every `.git` is left out, at any depth), and
-//!   `info/attributes` neutralises every attribute that would convert
-//!   content or pick a driver (`filter`, `text`, `eol`, `ident`,
-//!   `working-tree-encoding`, `diff`), so the workspace's `.gitattributes`
-//!   is data, not instructions; hooks, fsmonitor, external diff and textconv
-//!   are off.
+//! - walks use explicit stacks and paths are capped, so a hostile depth
+//!   cannot overflow ours;
+//! - git runs with an empty environment and no system or global config, in
+//!   a repository this module created, and only as fast-import and
+//!   diff-tree: the content's `.git` directories (left out, at any depth),
+//!   `.gitattributes` and `.gitignore` are data, never configuration; its
+//!   `info/attributes` also neutralises every attribute, should a later git
+//!   read the trees' own;
+//! - names git would refuse when applying the patch (`.git` in any case or
+//!   NTFS/HFS+ spelling) are left out, so one hostile name cannot make the
+//!   whole patch unappliable.
 //!
 //! What a patch cannot carry is left out and counted as skipped: FIFOs,
-//! sockets and devices, nested `.git` directories (an embedded repository
-//! would otherwise become a gitlink), names git refuses to track, and paths
-//! too long to copy. Empty directories, ownership and permission bits other
-//! than the owner's execute bit are not in git patches either.
+//! sockets and devices, nested `.git` directories (an embedded repository),
+//! names git refuses, and paths too long. Empty directories, ownership and
+//! permission bits other than the owner's execute bit are not in git
+//! patches either.
 //!
 //! Needs root, overlayfs, Linux 5.6 or later (openat2) and `git` (any
-//! version from the last years: only plumbing and `add` are used).
+//! version of the last years: only plumbing is used).
 //! Precondition: the agent phase has ended (no process of the sandbox left),
 //! so the layers do not change while they are read.
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, BufRead, BufReader};
+use std::fs::{self, DirBuilder, File, Permissions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::{fstat, SFlag};
@@ -142,13 +145,14 @@ pub enum DiffError {
 /// Writes the patch of every change under `workspace` (relative to the
 /// root, e.g. "workspace/repo") to `out` (created or replaced, mode 0644);
 /// an empty file when nothing changed. The workspace's own `.git` is left
-/// out. `out` is replaced atomically: it never holds half a patch.
+/// out; files its `.gitignore` names are not (every change is in, and the
+/// agent writes `.gitignore` too). `out` is replaced atomically: it never
+/// holds half a patch.
 ///
-/// Needs root (mounts) and `git`. Scratch space (mount points, the changed
-/// files' two versions, a git repository) is a hidden directory next to
-/// `out` (`.tollgate-diff-*`), removed before returning. Files git ignores
-/// (`.gitignore`) are in the patch too: it is every change, and the agent
-/// writes `.gitignore` as well.
+/// Needs root (mounts) and `git`. Scratch space (a mount point, a git
+/// repository holding both versions of the changed files, compressed) is a
+/// hidden directory next to `out` (`.tollgate-diff-*`), removed before
+/// returning.
 pub fn write_agent_diff(
     layers: &DiffLayers<'_>,
     workspace: &Path,
@@ -158,37 +162,23 @@ pub fn write_agent_diff(
     check_layers(layers)?;
     let git = Git::locate()?;
     let scratch = Scratch::create(out)?;
-    let skipped = if upper_touches(layers.upper, &workspace)? {
-        let job = Job {
-            lower: layers.lower.to_vec(),
-            upper: layers.upper.to_path_buf(),
-            workspace,
-            scratch: scratch.paths.clone(),
-        };
-        std::thread::Builder::new()
-            .name("tollgate-diff".into())
-            .spawn(move || materialize(&job))
-            .map_err(io_error("start the diff thread"))?
-            .join()
-            .map_err(|_| DiffError::Panicked)??
-    } else {
-        BTreeSet::new()
-    };
+    git.init(&scratch)?;
+    let mut import = git.fast_import(&scratch)?;
+    let streamed = stream_changes(layers, workspace, &scratch, import.stream()?);
+    let skipped = import.finish(streamed)?;
     for path in &skipped {
         tracing::debug!(path = %path.display(), "left out of diff.patch");
     }
-    let patch = git.patch(&scratch.paths)?;
+    git.diff(&scratch)?;
     let summary = DiffSummary {
-        files_changed: count_file_headers(&patch)?,
-        bytes: fs::metadata(&patch)
+        files_changed: count_file_headers(&scratch.patch)?,
+        bytes: fs::metadata(&scratch.patch)
             .map_err(io_error("measure the patch"))?
             .len(),
         skipped: skipped.len(),
     };
-    fs::set_permissions(&patch, Permissions::from_mode(0o644))
-        .map_err(io_error("make the patch readable"))?;
-    fs::rename(&patch, out).map_err(io_error(format!("write {}", out.display())))?;
-    tracing::info!(
+    publish(&scratch.patch, out)?;
+    tracing::debug!(
         files = summary.files_changed,
         bytes = summary.bytes,
         skipped = summary.skipped,
@@ -196,6 +186,40 @@ pub fn write_agent_diff(
         out.display()
     );
     Ok(summary)
+}
+
+/// Streams both sides of every change to fast-import, from the diff thread
+/// when the agent's upper holds anything at the workspace; returns the
+/// paths left out.
+fn stream_changes(
+    layers: &DiffLayers<'_>,
+    workspace: PathBuf,
+    scratch: &Scratch,
+    stream: ChildStdin,
+) -> Result<BTreeSet<PathBuf>, DiffError> {
+    if !upper_touches(layers.upper, &workspace)? {
+        return Export::new(stream, BTreeSet::new()).finish(None, None, &BTreeSet::new());
+    }
+    let job = Job {
+        lower: layers.lower.to_vec(),
+        upper: layers.upper.to_path_buf(),
+        workspace,
+        mounts: scratch.mounts.clone(),
+    };
+    std::thread::Builder::new()
+        .name("tollgate-diff".into())
+        .spawn(move || materialize(&job, stream))
+        .map_err(io_error("start the diff thread"))?
+        .join()
+        .unwrap_or(Err(DiffError::Panicked))
+}
+
+/// Moves the finished patch to `out`, readable by all: a rename, so `out`
+/// is never half written.
+fn publish(patch: &Path, out: &Path) -> Result<(), DiffError> {
+    fs::set_permissions(patch, Permissions::from_mode(0o644))
+        .map_err(io_error("make the patch readable"))?;
+    fs::rename(patch, out).map_err(io_error(format!("write {}", out.display())))
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> DiffError {
@@ -283,21 +307,17 @@ fn upper_touches(upper: &Path, workspace: &Path) -> Result<bool, DiffError> {
 
 /// A private directory next to `out`, removed when dropped (after the diff
 /// thread, and so its mount namespace, is gone: on the host, its mount
-/// points are empty directories). Next to `out` because it holds copies of
-/// the changed files and the patch, which then moves into place atomically.
+/// point is an empty directory). Next to `out` so that the patch moves into
+/// place atomically.
 struct Scratch {
-    paths: ScratchPaths,
-}
-
-#[derive(Clone)]
-struct ScratchPaths {
     root: PathBuf,
-    /// A tmpfs in the diff thread's namespace: the views' mount points and
-    /// an empty directory to stack under them.
+    /// Mounted (in the diff thread's namespace only) with a tmpfs holding
+    /// the views' mount points and an empty directory to stack under them.
     mounts: PathBuf,
-    before: PathBuf,
-    after: PathBuf,
     git_dir: PathBuf,
+    /// fast-import's messages, a file rather than a pipe so that nothing
+    /// can block while the thread feeds it.
+    import_log: PathBuf,
     patch: PathBuf,
 }
 
@@ -322,52 +342,42 @@ impl Scratch {
             .create(&root)
             .map_err(io_error(format!("create {}", root.display())))?;
         let scratch = Scratch {
-            paths: ScratchPaths {
-                mounts: root.join("mnt"),
-                before: root.join("before"),
-                after: root.join("after"),
-                git_dir: root.join("git"),
-                patch: root.join("patch"),
-                root,
-            },
+            mounts: root.join("mnt"),
+            git_dir: root.join("git"),
+            import_log: root.join("fast-import.log"),
+            patch: root.join("patch"),
+            root,
         };
-        for dir in [
-            &scratch.paths.mounts,
-            &scratch.paths.before,
-            &scratch.paths.after,
-        ] {
-            fs::create_dir(dir).map_err(io_error(format!("create {}", dir.display())))?;
-        }
+        fs::create_dir(&scratch.mounts)
+            .map_err(io_error(format!("create {}", scratch.mounts.display())))?;
         Ok(scratch)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        // remove_dir_all does not follow symlinks: the copied ones go, not
-        // what they point at.
-        if let Err(error) = fs::remove_dir_all(&self.paths.root) {
-            tracing::warn!(%error, "cannot remove {}", self.paths.root.display());
+        if let Err(error) = fs::remove_dir_all(&self.root) {
+            tracing::warn!(%error, "cannot remove {}", self.root.display());
         }
     }
 }
 
 // ---------------------------------------------------------------------------
-// The diff thread: views, candidates, copies
+// The diff thread: views, candidates, export
 
 /// What the diff thread needs, owned.
 struct Job {
     lower: Vec<PathBuf>,
     upper: PathBuf,
     workspace: PathBuf,
-    scratch: ScratchPaths,
+    mounts: PathBuf,
 }
 
 /// Runs on its own thread: mounts the views in a private mount namespace
-/// (unshare applies to the calling thread only), copies the before and after
-/// versions of every candidate into the scratch work trees, and returns the
-/// paths left out.
-fn materialize(job: &Job) -> Result<BTreeSet<PathBuf>, DiffError> {
+/// (unshare applies to the calling thread only), streams the before and
+/// after versions of every candidate to fast-import, and returns the paths
+/// left out.
+fn materialize(job: &Job, stream: ChildStdin) -> Result<BTreeSet<PathBuf>, DiffError> {
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(mount_error("create a private mount namespace for the diff"))?;
     mount(
@@ -379,7 +389,8 @@ fn materialize(job: &Job) -> Result<BTreeSet<PathBuf>, DiffError> {
     )
     .map_err(mount_error("make mount propagation private"))?;
     let mut mounts = Mounts::default();
-    let result = mount_views(job, &mut mounts).and_then(|views| copy_changes(job, &views));
+    let result =
+        mount_views(job, &mut mounts).and_then(|views| export_changes(job, &views, stream));
     mounts.unmount_all();
     result
 }
@@ -399,7 +410,7 @@ struct Views {
 /// shows the same tree from another superblock. An empty directory at the
 /// bottom of *before* also satisfies overlayfs' two-lower minimum.
 fn mount_views(job: &Job, mounts: &mut Mounts) -> Result<Views, DiffError> {
-    let root = &job.scratch.mounts;
+    let root = &job.mounts;
     mounts.tmpfs(root)?;
     let empty = root.join("empty");
     let views = Views {
@@ -498,12 +509,14 @@ impl Mounts {
     }
 
     /// The namespace dies with the thread anyway; unmounting explicitly
-    /// keeps that from being the only guarantee.
+    /// keeps that from being the only guarantee. Detached rather than
+    /// unmounted: a process that another thread of tollgate is spawning at
+    /// that moment briefly holds copies of every descriptor (until its
+    /// exec closes them), which would make a plain unmount fail with EBUSY.
     fn unmount_all(&mut self) {
         while let Some(target) = self.targets.pop() {
-            if let Err(error) = umount2(&target, MntFlags::empty()) {
-                tracing::warn!(%error, "diff: unmount {}, detaching", target.display());
-                let _ = umount2(&target, MntFlags::MNT_DETACH);
+            if let Err(error) = umount2(&target, MntFlags::MNT_DETACH) {
+                tracing::warn!(%error, "diff: cannot unmount {}", target.display());
             }
         }
     }
@@ -517,9 +530,13 @@ struct Sides {
     probe: Probe,
 }
 
-/// Copies the before and after versions of every candidate into the
-/// scratch work trees; returns the paths left out.
-fn copy_changes(job: &Job, views: &Views) -> Result<BTreeSet<PathBuf>, DiffError> {
+/// Streams the before and after versions of every candidate to
+/// fast-import; returns the paths left out.
+fn export_changes(
+    job: &Job,
+    views: &Views,
+    stream: ChildStdin,
+) -> Result<BTreeSet<PathBuf>, DiffError> {
     let ws = &job.workspace;
     let sides = Sides {
         before: Tree::open(&views.before, "(before the agent)")?.subtree(ws)?,
@@ -533,15 +550,7 @@ fn copy_changes(job: &Job, views: &Views) -> Result<BTreeSet<PathBuf>, DiffError
     let mut skipped = BTreeSet::new();
     let candidates = candidates(&sides, &mut skipped)?;
     tracing::debug!(count = candidates.len(), "diff: candidate paths");
-    let mut before = Copier::new(&job.scratch.before, &mut skipped);
-    if let Some(tree) = &sides.before {
-        before.copy_all(tree, &candidates)?;
-    }
-    let mut after = Copier::new(&job.scratch.after, &mut skipped);
-    if let Some(tree) = &sides.after {
-        after.copy_all(tree, &candidates)?;
-    }
-    Ok(skipped)
+    Export::new(stream, skipped).finish(sides.before.as_ref(), sides.after.as_ref(), &candidates)
 }
 
 /// Finds the candidate paths (relative to the workspace; the empty path is
@@ -628,9 +637,10 @@ enum Verdict {
     Skip,
 }
 
-/// Paths longer than this (relative to the workspace) are skipped: the
-/// copies and git address files by path, which Linux caps at 4096 bytes,
-/// and this leaves room for the scratch directory's own path.
+/// Paths longer than this (relative to the workspace) are skipped: lookups
+/// here, and `git apply` wherever the patch goes, take a path that Linux
+/// caps at 4096 bytes; this leaves room for the workspace's own path. It
+/// also bounds how deep a hostile tree can make the walks go.
 const MAX_PATH_BYTES: usize = 3072;
 
 fn verdict(path: &Path) -> Verdict {
@@ -700,53 +710,95 @@ struct Probe {
 }
 
 impl Probe {
+    /// Whether a lookup of `path` meets a redirect; false when it is not
+    /// there as a real directory at all.
     fn redirected(&self, path: &Path) -> Result<bool, DiffError> {
-        let full = self.workspace.join(path);
+        let full: PathBuf = self
+            .workspace
+            .components()
+            .chain(path.components())
+            .collect();
         match self.tree.lookup(&full, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
-            Ok(_) => Ok(false),
+            Ok(_) | Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(false),
             Err(Errno::EPERM) => Ok(true),
-            Err(Errno::ENOENT) => Ok(false),
             Err(errno) => Err(self.tree.error("look up", &full, errno)),
         }
     }
 }
 
-/// Copies entries of one view into one scratch work tree.
-struct Copier<'a> {
-    dest: &'a Path,
-    skipped: &'a mut BTreeSet<PathBuf>,
+/// Where fast-import stores the two sides.
+const BEFORE: &str = "refs/tollgate/before";
+const AFTER: &str = "refs/tollgate/after";
+
+/// What failed when writing to fast-import fails.
+const FEED: &str = "feed git fast-import";
+
+/// Feeds `git fast-import`: one commit per side, each file's content inline
+/// in the stream.
+struct Export {
+    out: BufWriter<ChildStdin>,
+    skipped: BTreeSet<PathBuf>,
 }
 
-impl<'a> Copier<'a> {
-    fn new(dest: &'a Path, skipped: &'a mut BTreeSet<PathBuf>) -> Self {
-        Copier { dest, skipped }
-    }
-
-    fn copy_all(&mut self, tree: &Tree, candidates: &BTreeSet<PathBuf>) -> Result<(), DiffError> {
-        for candidate in candidates {
-            self.copy(tree, candidate)?;
+impl Export {
+    fn new(stream: ChildStdin, skipped: BTreeSet<PathBuf>) -> Export {
+        Export {
+            out: BufWriter::with_capacity(1 << 16, stream),
+            skipped,
         }
-        Ok(())
     }
 
-    /// Copies `path` (recursively, without following symlinks) if it
-    /// exists in `tree`.
-    fn copy(&mut self, tree: &Tree, path: &Path) -> Result<(), DiffError> {
+    /// The whole stream: the candidates as they are in `before` and in
+    /// `after` (None: the workspace is not there); returns the paths left
+    /// out.
+    fn finish(
+        mut self,
+        before: Option<&Tree>,
+        after: Option<&Tree>,
+        candidates: &BTreeSet<PathBuf>,
+    ) -> Result<BTreeSet<PathBuf>, DiffError> {
+        self.write(b"feature done\n")?;
+        self.commit(BEFORE, before, candidates)?;
+        self.commit(AFTER, after, candidates)?;
+        self.write(b"done\n")?;
+        self.out.flush().map_err(io_error(FEED))?;
+        Ok(self.skipped)
+    }
+
+    fn commit(
+        &mut self,
+        name: &str,
+        tree: Option<&Tree>,
+        candidates: &BTreeSet<PathBuf>,
+    ) -> Result<(), DiffError> {
+        let header =
+            format!("commit {name}\ncommitter tollgate <tollgate@localhost> 0 +0000\ndata 0\n");
+        self.write(header.as_bytes())?;
+        if let Some(tree) = tree {
+            for candidate in candidates {
+                self.add(tree, candidate)?;
+            }
+        }
+        self.write(b"\n")
+    }
+
+    /// Adds `path` (a directory with everything in it) if it exists in
+    /// `tree`.
+    fn add(&mut self, tree: &Tree, path: &Path) -> Result<(), DiffError> {
         let mut pending = vec![path.to_path_buf()];
         while let Some(path) = pending.pop() {
             match tree.kind(&path)? {
                 None => {}
                 Some(Kind::Dir) => {
-                    self.make_dirs(&path)?;
                     for name in tree.names(&path)? {
-                        pending.extend(keep(path.join(name), self.skipped));
+                        pending.extend(keep(path.join(name), &mut self.skipped));
                     }
                 }
-                Some(Kind::File { executable }) => self.copy_file(tree, &path, executable)?,
+                Some(Kind::File { executable }) => self.add_file(tree, &path, executable)?,
                 Some(Kind::Symlink) if path.file_name().is_some_and(names_gitmodules) => {
                     self.skipped.insert(path);
                 }
-                Some(Kind::Symlink) => self.copy_symlink(tree, &path)?,
+                Some(Kind::Symlink) => self.add_symlink(tree, &path)?,
                 Some(Kind::Special) => {
                     self.skipped.insert(path);
                 }
@@ -755,67 +807,61 @@ impl<'a> Copier<'a> {
         Ok(())
     }
 
-    fn copy_file(&mut self, tree: &Tree, path: &Path, executable: bool) -> Result<(), DiffError> {
-        let Some(mut source) = tree.open_file(path)? else {
+    fn add_file(&mut self, tree: &Tree, path: &Path, executable: bool) -> Result<(), DiffError> {
+        let Some((file, size)) = tree.open_file(path)? else {
             self.skipped.insert(path.to_owned());
             return Ok(());
         };
-        self.make_parent(path)?;
-        let dest = self.dest.join(path);
-        let mut copy = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if executable { 0o755 } else { 0o644 })
-            .open(&dest)
-            .map_err(io_error(format!("create {}", dest.display())))?;
-        io::copy(&mut source, &mut copy).map_err(io_error(format!("copy {}", tree.show(path))))?;
-        Ok(())
+        self.entry(if executable { "100755" } else { "100644" }, path, size)?;
+        let copied = io::copy(&mut file.take(size), &mut self.out)
+            .map_err(io_error(format!("{FEED} with {}", tree.show(path))))?;
+        if copied != size {
+            return Err(DiffError::Io {
+                what: format!("read {}", tree.show(path)),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while being read: is the sandbox still running?",
+                ),
+            });
+        }
+        self.write(b"\n")
     }
 
-    /// Recreates the symlink: its target is copied as text, never resolved.
-    fn copy_symlink(&mut self, tree: &Tree, path: &Path) -> Result<(), DiffError> {
+    /// A symlink is its target, as text: git records it so, and it is never
+    /// resolved here.
+    fn add_symlink(&mut self, tree: &Tree, path: &Path) -> Result<(), DiffError> {
         let target = tree.read_link(path)?;
-        self.make_parent(path)?;
-        let dest = self.dest.join(path);
-        symlink(&target, &dest).map_err(io_error(format!("create {}", dest.display())))
+        let target = target.as_bytes();
+        self.entry("120000", path, target.len() as u64)?;
+        self.write(target)?;
+        self.write(b"\n")
     }
 
-    fn make_parent(&self, path: &Path) -> Result<(), DiffError> {
-        match path.parent() {
-            Some(parent) => self.make_dirs(parent),
-            None => Ok(()),
-        }
+    /// `M <mode> inline <path>` and the header of the data that follows.
+    fn entry(&mut self, mode: &str, path: &Path, size: u64) -> Result<(), DiffError> {
+        let mut line = format!("M {mode} inline ").into_bytes();
+        quote(path.as_os_str().as_bytes(), &mut line);
+        line.extend_from_slice(format!("\ndata {size}\n").as_bytes());
+        self.write(&line)
     }
 
-    /// Creates `path` in the work tree, one component at a time, refusing to
-    /// go through anything but a real directory (so never through a copied
-    /// symlink).
-    fn make_dirs(&self, path: &Path) -> Result<(), DiffError> {
-        let mut current = self.dest.to_path_buf();
-        for part in path.components() {
-            current.push(part);
-            match fs::symlink_metadata(&current) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(DiffError::Io {
-                        what: format!("create directory {}", current.display()),
-                        source: io::Error::from(io::ErrorKind::AlreadyExists),
-                    })
-                }
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&current)
-                        .map_err(io_error(format!("create {}", current.display())))?;
-                }
-                Err(error) => {
-                    return Err(DiffError::Io {
-                        what: format!("inspect {}", current.display()),
-                        source: error,
-                    })
-                }
-            }
-        }
-        Ok(())
+    fn write(&mut self, bytes: &[u8]) -> Result<(), DiffError> {
+        self.out.write_all(bytes).map_err(io_error(FEED))
     }
+}
+
+/// Appends `bytes` C-quoted, as fast-import reads a path: whatever bytes a
+/// name holds (newlines, quotes, invalid UTF-8) arrive unchanged.
+fn quote(bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for &byte in bytes {
+        match byte {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', byte]),
+            b' '..=b'~' => out.push(byte),
+            _ => out.extend_from_slice(format!("\\{byte:03o}").as_bytes()),
+        }
+    }
+    out.push(b'"');
 }
 
 // ---------------------------------------------------------------------------
@@ -924,9 +970,10 @@ impl Tree {
         Ok(names)
     }
 
-    /// Opens a regular file for reading; None if `path` is not one (by the
-    /// time it is opened). O_NONBLOCK: a FIFO swapped in never blocks.
-    fn open_file(&self, path: &Path) -> Result<Option<File>, DiffError> {
+    /// Opens a regular file for reading, with its size; None if `path` is
+    /// not one (by the time it is opened). O_NONBLOCK: a FIFO swapped in
+    /// never blocks.
+    fn open_file(&self, path: &Path) -> Result<Option<(File, u64)>, DiffError> {
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
         let fd = match self.lookup(path, flags) {
             Ok(fd) => fd,
@@ -937,14 +984,14 @@ impl Tree {
         let meta = file
             .metadata()
             .map_err(io_error(format!("stat {}", self.show(path))))?;
-        Ok(meta.is_file().then_some(file))
+        Ok(meta.is_file().then_some((file, meta.len())))
     }
 
     fn read_link(&self, path: &Path) -> Result<OsString, DiffError> {
         let entry = self
             .lookup(path, OFlag::O_PATH | OFlag::O_NOFOLLOW)
             .map_err(|errno| self.error("look up", path, errno))?;
-        nix::fcntl::readlinkat(&entry, "").map_err(|errno| self.error("read link", path, errno))
+        readlinkat(&entry, "").map_err(|errno| self.error("read link", path, errno))
     }
 
     fn show(&self, path: &Path) -> String {
@@ -969,30 +1016,23 @@ impl Tree {
 /// Where `git` is looked for, in order.
 const GIT_DIRS: [&str; 3] = ["/usr/local/bin", "/usr/bin", "/bin"];
 
-/// Attributes that make git convert content on `add` or pick a diff driver,
-/// set back to unspecified. `$GIT_DIR/info/attributes` overrides every
-/// `.gitattributes` of the work tree, so the content's own say nothing.
+/// Every attribute set back to unspecified, should a git read the trees'
+/// `.gitattributes` (diff-tree in a bare repository reads none today):
+/// `$GIT_DIR/info/attributes` overrides them all.
 const NEUTRAL_ATTRIBUTES: &str =
     "* !text !eol !crlf !filter !ident !working-tree-encoding !diff !merge\n";
 
-/// Configuration for every git command: nothing runs, nothing converts,
-/// every mode and symlink is recorded as it is. Name protections are off:
-/// `verdict` already left out what git would refuse when applying, and a
-/// name it missed must not fail the whole diff.
-const GIT_CONFIG: [&str; 10] = [
+/// Configuration for every git command: nothing runs, and fast-import
+/// writes one pack rather than a file per object.
+const GIT_CONFIG: [&str; 5] = [
     "core.hooksPath=/dev/null",
-    "core.fsmonitor=false",
     "core.attributesFile=/dev/null",
-    "core.excludesFile=/dev/null",
-    "core.autocrlf=false",
-    "core.filemode=true",
-    "core.symlinks=true",
-    "core.protectNTFS=false",
-    "core.protectHFS=false",
+    "core.fsmonitor=false",
     "diff.external=",
+    "fastimport.unpackLimit=0",
 ];
 
-/// git, run in a scratch repository with an empty environment.
+/// git, run in the scratch repository with an empty environment.
 struct Git {
     program: PathBuf,
 }
@@ -1007,103 +1047,150 @@ impl Git {
             .ok_or(DiffError::GitNotFound)
     }
 
-    /// Snapshots both work trees and writes their diff to `paths.patch`.
-    fn patch(&self, paths: &ScratchPaths) -> Result<PathBuf, DiffError> {
-        self.init(paths)?;
-        let before = self.snapshot(paths, &paths.before, "index-before")?;
-        let after = self.snapshot(paths, &paths.after, "index-after")?;
-        let out = File::create(&paths.patch).map_err(io_error("create the patch"))?;
-        let mut diff = self.command(paths, None);
-        diff.args([
-            "diff-tree",
-            "-r",
-            "-p",
-            "--binary",
-            "--full-index",
-            "--no-renames",
-        ])
-        .args(["--no-ext-diff", "--no-textconv", &before, &after])
-        .stdout(out);
-        self.run("diff-tree", diff)?;
-        Ok(paths.patch.clone())
-    }
-
-    /// A bare repository without templates (no sample hooks, no excludes),
-    /// whose `info/attributes` neutralises the content's attributes.
-    fn init(&self, paths: &ScratchPaths) -> Result<(), DiffError> {
-        let mut init = self.command(paths, None);
-        init.args(["init", "--quiet", "--bare", "--template="])
-            .arg(&paths.git_dir);
+    /// A bare repository without templates (no sample hooks), with
+    /// neutral attributes.
+    fn init(&self, scratch: &Scratch) -> Result<(), DiffError> {
+        let mut init = self.command(scratch);
+        init.args(["init", "--quiet", "--bare", "--template="]);
         self.run("init", init)?;
-        let info = paths.git_dir.join("info");
+        let info = scratch.git_dir.join("info");
         fs::create_dir_all(&info).map_err(io_error(format!("create {}", info.display())))?;
         fs::write(info.join("attributes"), NEUTRAL_ATTRIBUTES)
             .map_err(io_error("write the scratch repository's attributes"))
     }
 
-    /// Everything in `work_tree`, ignored files included, as a tree object
-    /// (a fresh index each time: no stat cache to trust).
-    fn snapshot(
-        &self,
-        paths: &ScratchPaths,
-        work_tree: &Path,
-        index: &str,
-    ) -> Result<String, DiffError> {
-        let index = paths.git_dir.join(index);
-        let mut add = self.command(paths, Some(&index));
-        add.env("GIT_WORK_TREE", work_tree)
-            .current_dir(work_tree)
-            .args(["add", "--all", "--force"]);
-        self.run("add", add)?;
-        let mut write_tree = self.command(paths, Some(&index));
-        write_tree.arg("write-tree");
-        let id = self.run("write-tree", write_tree)?;
-        Ok(String::from_utf8_lossy(&id).trim().to_owned())
+    /// Starts `git fast-import`, reading its stream from a pipe.
+    fn fast_import(&self, scratch: &Scratch) -> Result<Import, DiffError> {
+        let log = File::create(&scratch.import_log)
+            .map_err(io_error(format!("create {}", scratch.import_log.display())))?;
+        let mut command = self.command(scratch);
+        command
+            .args(["fast-import", "--quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = command.spawn().map_err(io_error(format!(
+            "run {} fast-import",
+            self.program.display()
+        )))?;
+        Ok(Import {
+            child,
+            log: scratch.import_log.clone(),
+        })
     }
 
-    fn command(&self, paths: &ScratchPaths, index: Option<&Path>) -> Command {
+    /// The patch from the before commit to the after commit.
+    fn diff(&self, scratch: &Scratch) -> Result<(), DiffError> {
+        let out = File::create(&scratch.patch).map_err(io_error("create the patch"))?;
+        let mut diff = self.command(scratch);
+        diff.args(["diff-tree", "-r", "-p", "--binary", "--full-index"])
+            .args([
+                "--no-renames",
+                "--no-ext-diff",
+                "--no-textconv",
+                BEFORE,
+                AFTER,
+            ])
+            .stdout(out);
+        self.run("diff-tree", diff)
+    }
+
+    fn command(&self, scratch: &Scratch) -> Command {
         let mut command = Command::new(&self.program);
         command
             .env_clear()
             .env("PATH", GIT_DIRS.join(":"))
-            .env("HOME", &paths.root)
+            .env("HOME", &scratch.root)
             .env("LC_ALL", "C")
-            .env("GIT_DIR", &paths.git_dir)
+            .env("GIT_DIR", &scratch.git_dir)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_ATTR_NOSYSTEM", "1")
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .current_dir(&paths.root)
+            .current_dir(&scratch.root)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(index) = index {
-            command.env("GIT_INDEX_FILE", index);
-        }
         for setting in GIT_CONFIG {
             command.args(["-c", setting]);
         }
         command
     }
 
-    /// Runs `command`; its stdout on success, its stderr (one line) in the
-    /// error otherwise.
-    fn run(&self, step: &'static str, mut command: Command) -> Result<Vec<u8>, DiffError> {
+    fn run(&self, step: &'static str, mut command: Command) -> Result<(), DiffError> {
         let output = command
             .output()
-            .map_err(io_error(format!("run {}", self.program.display())))?;
+            .map_err(io_error(format!("run {} {step}", self.program.display())))?;
         if output.status.success() {
-            return Ok(output.stdout);
+            return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-        Err(DiffError::Git {
-            step,
-            status: output.status,
-            stderr: tail,
+        Err(git_failed(step, output.status, &output.stderr))
+    }
+}
+
+/// git's error, with the last lines of what it said, on one line.
+fn git_failed(step: &'static str, status: ExitStatus, stderr: &[u8]) -> DiffError {
+    let stderr = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    DiffError::Git {
+        step,
+        status,
+        stderr: lines[lines.len().saturating_sub(3)..].join(" | "),
+    }
+}
+
+/// A running `git fast-import`; killed and reaped if dropped unfinished.
+struct Import {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Import {
+    /// The pipe to write the stream to; closing it ends the stream.
+    fn stream(&mut self) -> Result<ChildStdin, DiffError> {
+        self.child.stdin.take().ok_or(DiffError::Io {
+            what: "open a pipe to git fast-import".into(),
+            source: io::ErrorKind::BrokenPipe.into(),
         })
+    }
+
+    /// Waits for git to take the stream. The stream's own error wins,
+    /// unless it broke because git had failed.
+    fn finish(
+        mut self,
+        streamed: Result<BTreeSet<PathBuf>, DiffError>,
+    ) -> Result<BTreeSet<PathBuf>, DiffError> {
+        let status = self
+            .child
+            .wait()
+            .map_err(io_error("wait for git fast-import"))?;
+        let imported = if status.success() {
+            Ok(())
+        } else {
+            Err(git_failed(
+                "fast-import",
+                status,
+                &fs::read(&self.log).unwrap_or_default(),
+            ))
+        };
+        match (streamed, imported) {
+            (Ok(skipped), Ok(())) => Ok(skipped),
+            (Err(DiffError::Io { source, .. }), Err(failed))
+                if source.kind() == io::ErrorKind::BrokenPipe =>
+            {
+                Err(failed)
+            }
+            (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+        }
+    }
+}
+
+impl Drop for Import {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -1363,7 +1450,7 @@ mod tests {
             )
             .unwrap();
             change(&merged.join("ws"));
-            umount2(&merged, MntFlags::empty()).unwrap();
+            detach(&merged);
         }
 
         /// The workspace as the layers `above` over the base show it,
@@ -1380,7 +1467,7 @@ mod tests {
                 .status()
                 .unwrap();
             assert!(status.success());
-            umount2(&view, MntFlags::empty()).unwrap();
+            detach(&view);
         }
 
         fn diff(&self, lower: &[PathBuf]) -> (DiffSummary, String) {
@@ -1417,6 +1504,12 @@ mod tests {
             );
             assert_eq!(tree_contents(&replayed), tree_contents(&expected));
         }
+    }
+
+    /// Lazily: another test thread's process may hold a copy of our
+    /// descriptors for a moment, between its fork and exec.
+    fn detach(target: &Path) {
+        umount2(target, MntFlags::MNT_DETACH).unwrap();
     }
 
     fn mount_overlay(target: &Path, options: &str) {
@@ -1523,6 +1616,8 @@ mod tests {
         ln("src/main.c", ws.join("link_me.txt")).unwrap();
         fs::write(ws.join("data.bin"), binary(3)).unwrap();
         fs::write(ws.join("new.bin"), binary(5)).unwrap();
+        fs::write(ws.join("big.bin"), binary(7).repeat(1000)).unwrap();
+        write(&ws.join("empty.txt"), "");
         fs::remove_dir_all(ws.join("lib")).unwrap();
         write(&ws.join("lib/a.txt"), "A changed\n");
         write(&ws.join("lib/same.txt"), "same\n");
@@ -1553,7 +1648,9 @@ mod tests {
             assert_eq!(
                 paths,
                 [
+                    "big.bin",
                     "data.bin",
+                    "empty.txt",
                     "from_setup.txt",
                     "lib/a.txt",
                     "lib/b.txt",
@@ -1584,13 +1681,14 @@ mod tests {
             assert!(has("link_me.txt", "new file mode 120000"));
             assert!(has("data.bin", "GIT binary patch"));
             assert!(has("new.bin", "new file mode 100644") && has("new.bin", "GIT binary patch"));
+            assert!(has("big.bin", "GIT binary patch") && has("empty.txt", "new file mode 100644"));
             assert!(has("lib/b.txt", "deleted file") && has("lib/c.txt", "new file"));
             assert!(has("passwd", "new file mode 120000") && has("passwd", "+/etc/passwd"));
             assert!(has("rel_link", "-src/main.c") && has("rel_link", "+README.md"));
             let passwd = fs::read_to_string("/etc/passwd").unwrap();
             assert!(!patch.contains(passwd.lines().next().unwrap()));
             assert_eq!(summary.files_changed, patch.matches("diff --git ").count());
-            assert_eq!(summary.files_changed, 18, "link_me.txt counts twice");
+            assert_eq!(summary.files_changed, 20, "link_me.txt counts twice");
             assert_eq!(summary.bytes, patch.len() as u64);
             assert_eq!(summary.skipped, 2, "the FIFO and vendor/.git");
             assert_eq!(
@@ -1778,6 +1876,8 @@ mod tests {
                 fs::remove_dir_all(ws).unwrap();
                 write(&ws.join("README.md"), "hello from setup\n");
                 write(&ws.join("only.txt"), "all that is left\n");
+                write(&ws.join("we\"ird \\ name\nwith a newline"), "odd\n");
+                fs::write(ws.join(OsStr::from_bytes(b"not utf-8 \xff\x01")), "bytes\n").unwrap();
                 write(&ws.join(".git/HEAD"), "ref: refs/heads/main\n");
             });
 
@@ -1789,6 +1889,34 @@ mod tests {
             assert!(!sections.contains_key("README.md"), "unchanged");
             assert!(!sections.keys().any(|p| p.starts_with(".git/")));
             lab.assert_patch_replays_agent(&[setup], &[&lab.agent_upper, setup]);
+        });
+    }
+
+    #[test]
+    fn a_workspace_swapped_for_a_symlink_to_the_host_is_not_followed() {
+        if !root_or_skip("a_workspace_swapped_for_a_symlink_to_the_host_is_not_followed") {
+            return;
+        }
+        let dir = TestDir::new("swapped");
+        let host = dir.0.join("host");
+        write(&host.join("inner/secret.txt"), "host secret\n");
+        in_private_namespace(|| {
+            let lab = Lab::new(&dir.0, Layout::BaseOnItsOwnFilesystem);
+            write(&lab.base.join("ws/inner/file.txt"), "workspace\n");
+            lab.phase(&[], &lab.agent_upper, "", |ws| {
+                fs::remove_dir_all(ws).unwrap();
+                ln(&host, ws).unwrap();
+            });
+            let layers = DiffLayers {
+                lower: std::slice::from_ref(&lab.base),
+                upper: &lab.agent_upper,
+            };
+
+            write_agent_diff(&layers, Path::new("ws/inner"), &lab.out).unwrap();
+
+            let patch = fs::read_to_string(&lab.out).unwrap();
+            assert!(patch.contains("deleted file mode 100644"), "{patch}");
+            assert!(!patch.contains("secret"), "{patch}");
         });
     }
 
@@ -1828,6 +1956,13 @@ mod tests {
         };
         let error = write_agent_diff(&layers, Path::new("ws"), Path::new("/tmp/x.patch"));
         assert!(matches!(error, Err(DiffError::NoLowerLayers)));
+    }
+
+    #[test]
+    fn paths_reach_fast_import_byte_for_byte() {
+        let mut quoted = Vec::new();
+        quote(b"a\"b\\c\nd \xff\x01~", &mut quoted);
+        assert_eq!(quoted, b"\"a\\\"b\\\\c\\012d \\377\\001~\"");
     }
 
     #[test]
