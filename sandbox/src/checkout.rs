@@ -43,10 +43,20 @@ pub enum CheckoutError {
     BadBranch(String),
     #[error("--commit {0:?}: expected a commit id of 4 to 64 hex digits")]
     BadCommit(String),
+    #[error("{what}: not in {repo}: check the name (git ls-remote {repo} lists branches)", what = describe(revision))]
+    NoSuchRevision { revision: Revision, repo: String },
     #[error("cannot run git (is it installed and on PATH?): {0}")]
     NoGit(#[source] std::io::Error),
     #[error("git {step} failed: {detail}")]
     Git { step: &'static str, detail: String },
+}
+
+fn describe(revision: &Revision) -> String {
+    match revision {
+        Revision::Default => "the default branch".to_owned(),
+        Revision::Branch(b) => format!("--branch {b}"),
+        Revision::Commit(c) => format!("--commit {c}"),
+    }
 }
 
 /// Where a repository's source is: a local directory or a URL git accepts.
@@ -209,9 +219,9 @@ pub fn mirror(source: &str, revision: &Revision, dest: &Path) -> Result<Target, 
         ]),
         "rev-parse",
     )
-    .map_err(|_| CheckoutError::Git {
-        step: "rev-parse",
-        detail: format!("{spec}: no such branch or commit in {source}"),
+    .map_err(|_| CheckoutError::NoSuchRevision {
+        revision: revision.clone(),
+        repo: source.to_owned(),
     })?;
     Ok(Target { commit, branch })
 }
@@ -237,6 +247,16 @@ pub fn update_script(target: &Target, mirror: &Path) -> String {
 /// `text` as one bash word.
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Points the workspace's `origin` at the real source (it was cloned from
+/// the host's mirror).
+pub fn set_origin(workspace: &Path, source: &str) -> Result<(), CheckoutError> {
+    run(
+        git(Some(workspace)).args(["remote", "set-url", "origin", "--", source]),
+        "remote set-url",
+    )
+    .map(drop)
 }
 
 /// `git`, never prompting (a run has no one to answer), in `dir` if given.

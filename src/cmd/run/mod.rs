@@ -15,7 +15,7 @@ use tollgate_proxy::policy::Policy;
 use tollgate_sandbox::autosetup::AutoSetup;
 use tollgate_sandbox::cache::{self, BuildLock, Meta, Snapshot, SnapshotStore};
 use tollgate_sandbox::cgroup;
-use tollgate_sandbox::checkout::{self, CheckedOut, Revision};
+use tollgate_sandbox::checkout::{self, CheckedOut, Revision, Target};
 use tollgate_sandbox::diff::{self, DiffLayers};
 use tollgate_sandbox::environment::{Environment, PhasePolicy, Secret};
 use tollgate_sandbox::layers::RunLayers;
@@ -61,7 +61,9 @@ pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
     // for whichever phase (setup or maintenance) uses it.
     phase_policy(&environment.internet.setup, intercepting)?;
     let agent_policy = phase_policy(&environment.internet.agent, intercepting)?;
-    let secrets = environment.resolve_secrets(|name| std::env::var(name).ok())?;
+    let secrets = environment
+        .resolve_secrets(|name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", environment.path.display()))?;
     let revision = revision(&args);
     checkout::validate(&revision)?;
     let source = checkout::normalise_source(&args.repo)?;
@@ -99,7 +101,16 @@ pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
     };
 
     let store = SnapshotStore::new(state.cache_dir());
-    let (status, prepared) = run.prepare(&store, &key, &revision)?;
+    let prepared = checkout::mirror(&run.source, &revision, &run.layers.mirror())
+        .map_err(anyhow::Error::from)
+        .and_then(|target| run.prepare(&store, &key, &target));
+    let (status, prepared) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            output::discard_out_dir(&out);
+            return Err(e);
+        }
+    };
     let mut warnings = prepared.warnings;
     let mut phases = vec![prepared.phase];
     let mut diff_result = None;
@@ -162,7 +173,7 @@ impl Run {
         &self,
         store: &SnapshotStore,
         key: &str,
-        revision: &Revision,
+        revision: &Target,
     ) -> Result<(&'static str, Preparation)> {
         let env_name = &self.environment.name;
         let ttl = self.environment.cache.ttl;
@@ -198,12 +209,12 @@ impl Run {
     /// script, and publish the layer as the key's snapshot when asked to.
     fn setup(
         &self,
-        revision: &Revision,
+        revision: &Target,
         publish: Option<(&SnapshotStore, BuildLock, &str)>,
     ) -> Result<Preparation> {
         let setup_dir = self.layers.prepare("setup")?;
         let upper = self.layers.upper("setup");
-        let checked_out = check_out(&self.source, revision, &upper.join(&self.workspace))?;
+        let checked_out = self.check_out(revision, &upper.join(&self.workspace))?;
         let script = setup_script(&self.environment, &upper.join(&self.workspace))?;
         let (phase, mut warnings) =
             self.run_script("setup", &script, setup_dir, Vec::new(), Vec::new())?;
@@ -245,10 +256,9 @@ impl Run {
     /// first fetches and checks out the task's revision from a host-side
     /// mirror (git runs inside, on the snapshot's untrusted workspace),
     /// then runs the `maintenance` script.
-    fn maintenance(&self, revision: &Revision, snapshot: Snapshot) -> Result<Preparation> {
+    fn maintenance(&self, target: &Target, snapshot: Snapshot) -> Result<Preparation> {
         let dir = self.layers.prepare("maintenance")?;
         let mirror = self.layers.mirror();
-        let target = checkout::mirror(&self.source, revision, &mirror)?;
         let checked_out = CheckedOut {
             source: self.source.clone(),
             name: self.name.clone(),
@@ -267,7 +277,7 @@ impl Run {
         );
         let script = format!(
             "{}\n{}",
-            checkout::update_script(&target, Path::new(MIRROR_INSIDE)),
+            checkout::update_script(target, Path::new(MIRROR_INSIDE)),
             self.environment.maintenance.clone().unwrap_or_default()
         );
         let binds = vec![Bind {
@@ -290,6 +300,39 @@ impl Run {
                 read_only: vec![self.layers.upper("maintenance"), snapshot.layer.clone()],
                 _snapshot: Some(snapshot),
             },
+        })
+    }
+
+    /// Clones the host's mirror at `target` into `dest` (in the setup
+    /// layer), with `origin` pointing at the real source.
+    fn check_out(&self, target: &Target, dest: &Path) -> Result<CheckedOut> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let revision = match &target.branch {
+            Some(branch) => Revision::Branch(branch.clone()),
+            None => Revision::Commit(target.commit.clone()),
+        };
+        let mirror = self.layers.mirror();
+        checkout::clone_into(&mirror.to_string_lossy(), &revision, dest)?;
+        checkout::set_origin(dest, &self.source)?;
+        eprintln!(
+            "tollgate: checked out {} at {}{} into /workspace/{}",
+            self.source,
+            target.commit,
+            target
+                .branch
+                .as_deref()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default(),
+            self.name
+        );
+        Ok(CheckedOut {
+            source: self.source.clone(),
+            name: self.name.clone(),
+            commit: target.commit.clone(),
+            branch: target.branch.clone(),
         })
     }
 
@@ -400,26 +443,6 @@ fn phase_policy(policy: &PhasePolicy, intercepting: bool) -> Result<Policy> {
     };
     policy.check_enforceable(intercepting)?;
     Ok(policy)
-}
-
-fn check_out(source: &str, revision: &Revision, dest: &Path) -> Result<CheckedOut> {
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let checked_out = checkout::clone_into(source, revision, dest)?;
-    eprintln!(
-        "tollgate: checked out {} at {}{} into /workspace/{}",
-        checked_out.source,
-        checked_out.commit,
-        checked_out
-            .branch
-            .as_deref()
-            .map(|b| format!(" ({b})"))
-            .unwrap_or_default(),
-        checked_out.name
-    );
-    Ok(checked_out)
 }
 
 /// The environment's setup script, or the automatic one from lock files.

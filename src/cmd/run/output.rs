@@ -42,6 +42,13 @@ pub fn create_out_dir(asked: Option<&Path>, env_name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Removes what a run that failed before its first phase wrote to the
+/// output directory (the audit log), so the same --out can be used again.
+pub fn discard_out_dir(out: &Path) {
+    let _ = std::fs::remove_file(out.join("audit.jsonl"));
+    let _ = std::fs::remove_dir(out);
+}
+
 /// A phase's output on its way from the sandbox's pipe to the terminal and
 /// the phase's log: redacted, each line prefixed with the time since the
 /// phase started.
