@@ -34,7 +34,8 @@ TLS_PARALLEL=${BENCH_TLS_PARALLEL:-16}   # curl --parallel-max (kept-alive conne
 TLS_MINT_HOSTS=${BENCH_TLS_MINT_HOSTS:-20}  # fresh names for the handshake test
 TLS_HOSTS=${BENCH_TLS_HOSTS:-10000}      # distinct names for the memory test
 # which sections run: "" = all; proxy = proxy and TLS sections; sandbox =
-# sandbox start-up only (no nginx, squid or tinyproxy; quick to re-run)
+# sandbox start-up only (no nginx, squid or tinyproxy; quick to re-run);
+# cache = cache snapshots only (bench/cache.sh; not part of the default run)
 ONLY=${BENCH_ONLY:-}
 # sandbox start-up section (see README, "Sandbox start-up")
 SBX_RUNS=${BENCH_SANDBOX_RUNS:-200}      # hyperfine --runs per command
@@ -61,7 +62,11 @@ done
 ((SBX_RUNS >= 2)) || { echo "bench: BENCH_SANDBOX_RUNS must be >= 2" >&2; exit 2; }
 case $ONLY in
     "" | proxy | sandbox) ;;
-    *) echo "bench: BENCH_ONLY must be empty, 'proxy' or 'sandbox', got '$ONLY'" >&2; exit 2 ;;
+    # cache snapshots (issue 6): a script of its own, which needs none of
+    # the servers here; it reads the same BENCH_SKIP_BUILD, BENCH_TOLLGATE_BIN
+    # and BENCH_KEEP_TMP, and BENCH_CACHE_* (see README, "Cache snapshots")
+    cache) exec bash "$BENCH_DIR/cache.sh" ;;
+    *) echo "bench: BENCH_ONLY must be empty, 'proxy', 'sandbox' or 'cache', got '$ONLY'" >&2; exit 2 ;;
 esac
 
 # Never use an ambient proxy. Note: no_proxy is unset rather than set, because
