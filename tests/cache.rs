@@ -295,10 +295,30 @@ impl Repo {
 // ---------------------------------------------------------------------------
 // Environment files
 
-/// An environment file with `setup`, `maintenance`, and `extra` YAML lines.
+/// An environment file with `setup`, `maintenance`, and `extra` YAML lines
+/// (no `env:` in them: see [`env_yaml_with_vars`]).
 fn env_yaml(name: &str, setup: &str, maintenance: &str, extra: &str) -> String {
+    env_yaml_with_vars(name, setup, maintenance, "", extra)
+}
+
+/// [`env_yaml`] with more `env` entries (`vars`: YAML lines `NAME: value`).
+///
+/// Every phase starts by reading ~/.bashrc, and the base is the host's `/`,
+/// so HOME=/root would run the host's shell start-up in every phase. That
+/// is slow, and can depend on the host's state at the moment the overlay is
+/// mounted: pyenv's `rehash` (from `pyenv init`) waits up to 60 s for its
+/// lock file, and a lock that a host shell held at that moment stays
+/// visible in the sandbox. HOME is the phase's empty /tmp instead.
+fn env_yaml_with_vars(
+    name: &str,
+    setup: &str,
+    maintenance: &str,
+    vars: &str,
+    extra: &str,
+) -> String {
     format!(
-        "version: 1\nname: {name}\nsetup: |\n{}maintenance: |\n{}{extra}",
+        "version: 1\nname: {name}\nenv:\n  HOME: /tmp\n{}setup: |\n{}maintenance: |\n{}{extra}",
+        block(vars),
         block(setup),
         block(maintenance)
     )
@@ -885,10 +905,16 @@ fn each_keyed_input_makes_a_new_key() {
     let other_repo = Repo::create(&other.0);
     let altroot = lab.dir.path("altroot");
     let secrets = "secrets:\n  TOKEN: {from_env: CACHE_TEST_TOKEN}\n";
-    let yaml = |setup: &str, maintenance: &str, extra: &str| {
-        env_yaml("web", setup, maintenance, &format!("{secrets}{extra}"))
+    let yaml = |setup: &str, maintenance: &str, vars: &str, extra: &str| {
+        env_yaml_with_vars(
+            "web",
+            setup,
+            maintenance,
+            vars,
+            &format!("{secrets}{extra}"),
+        )
     };
-    let base_env = lab.env("base.yaml", &yaml(SETUP, MAINTENANCE, ""));
+    let base_env = lab.env("base.yaml", &yaml(SETUP, MAINTENANCE, "", ""));
     let token_one = [("CACHE_TEST_TOKEN", "value-one-9f8e7d")];
     let token_two = [("CACHE_TEST_TOKEN", "value-two-1a2b3c")];
     // No agent: setup or maintenance is all a key needs.
@@ -913,6 +939,7 @@ fn each_keyed_input_makes_a_new_key() {
                     &format!("{SETUP}echo changed >> setup-marker\n"),
                     MAINTENANCE,
                     "",
+                    "",
                 ),
             ),
             Opts {
@@ -924,7 +951,7 @@ fn each_keyed_input_makes_a_new_key() {
             "maintenance",
             lab.env(
                 "maintenance.yaml",
-                &yaml(SETUP, "echo 'other maintenance' >> maint-marker\n", ""),
+                &yaml(SETUP, "echo 'other maintenance' >> maint-marker\n", "", ""),
             ),
             Opts {
                 vars: &token_one,
@@ -933,10 +960,7 @@ fn each_keyed_input_makes_a_new_key() {
         ),
         (
             "env",
-            lab.env(
-                "env.yaml",
-                &yaml(SETUP, MAINTENANCE, "env: {NODE_ENV: test}\n"),
-            ),
+            lab.env("env.yaml", &yaml(SETUP, MAINTENANCE, "NODE_ENV: test", "")),
             Opts {
                 vars: &token_one,
                 ..Opts::default()
@@ -966,6 +990,7 @@ fn each_keyed_input_makes_a_new_key() {
                 &yaml(
                     SETUP,
                     MAINTENANCE,
+                    "",
                     &format!("base: {}\n", altroot.display()),
                 ),
             ),
@@ -1245,7 +1270,7 @@ fn reset_and_gc_keep_a_snapshot_that_a_run_is_using() {
             ..Opts::default()
         },
     );
-    let agent_started = eventually(Duration::from_secs(20), || {
+    let agent_started = eventually(Duration::from_secs(60), || {
         lab.run_dirs()
             .iter()
             .any(|id| lab.runs_dir().join(id).join("agent").exists())
@@ -1413,7 +1438,7 @@ fn two_concurrent_runs_both_succeed_and_one_builds() {
 
     // The second starts while the first is provably in its setup.
     let (first, first_out) = lab.start(&env, &opts);
-    let in_setup = eventually(Duration::from_secs(20), || {
+    let in_setup = eventually(Duration::from_secs(60), || {
         !setup_layers_holding(&lab, "setup-marker").is_empty()
     });
     assert!(in_setup, "the first run's setup did not start");
@@ -1523,7 +1548,7 @@ fn a_run_killed_during_setup_leaves_no_usable_snapshot() {
         },
     );
     let killed_pid = killed.pid();
-    let sleeping = eventually(Duration::from_secs(20), || {
+    let sleeping = eventually(Duration::from_secs(60), || {
         !processes_with(&token).is_empty()
     });
     assert!(sleeping, "the slow setup did not start");
