@@ -37,11 +37,15 @@ DATA=${BENCH_CACHE_DATA:-urandom}        # urandom or zero: what setup's files h
 # base (/) that is the host's /root/.bashrc, which is not tollgate's time (it
 # is reported separately). BENCH_CACHE_HOME=/root measures with it.
 CACHE_HOME=${BENCH_CACHE_HOME:-/nonexistent}
+# MiB of random data committed to the test repo (tracked, unlike setup's
+# data/): every run mirrors the repo and checks it out, so this is what a
+# big repository costs a resume. 0 = a repo of two small files.
+REPO_MIB=${BENCH_CACHE_REPO_MIB:-0}
 TARGET_MS=100                            # resume overhead, at most (issue 6)
 PUBLISH_MAX_MS=5                         # both publication renames, at most
 SIZE_RATIO_MAX=1.20                      # largest / smallest hit, at most
 
-for v in RUNS ROUNDS WARMUP CTX_RUNS TRACE_RUNS; do
+for v in RUNS ROUNDS WARMUP CTX_RUNS TRACE_RUNS REPO_MIB; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number, got '${!v}'" >&2; exit 2; }
 done
 ((RUNS >= 2 && CTX_RUNS >= 2 && ROUNDS >= 1)) || { echo "bench: BENCH_CACHE_RUNS and BENCH_CACHE_CONTEXT_RUNS must be >= 2" >&2; exit 2; }
@@ -160,6 +164,7 @@ prepare() {
     git -C "$T/repo" init -q -b main
     printf '# cache benchmark\n' >"$T/repo/README.md"
     printf 'data/\n' >"$T/repo/.gitignore"
+    if ((REPO_MIB > 0)); then head -c "${REPO_MIB}M" /dev/urandom >"$T/repo/tracked.bin"; fi
     git -C "$T/repo" add -A
     git -C "$T/repo" -c user.name=bench -c user.email=bench@localhost commit -q -m "cache bench"
     [[ $DATA == zero ]] && src=/dev/zero || src=/dev/urandom
@@ -183,8 +188,9 @@ EOF
 
 check_space() {
     local need=0 size avail
-    for size in "${SIZES[@]}"; do need=$((need + size)); done
-    need=$((need + 512))
+    # each snapshot holds the checkout and its .git; each run a mirror
+    for size in "${SIZES[@]}"; do need=$((need + size + 2 * REPO_MIB)); done
+    need=$((need + 2 * REPO_MIB + 512))
     avail=$(df -Pm "$T" | awk 'NR == 2 { print $4 }')
     ((avail >= need)) || die "$T has ${avail} MiB free; the snapshots need about ${need} MiB (set TMPDIR to a roomier disk)"
     case $(stat -f -c %T "$T") in
@@ -558,7 +564,7 @@ report() {
     }
     echo
     echo "tollgate cache benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(nproc) CPUs, kernel $(uname -r), $(stat -f -c %T "$T") at $T"
-    echo "hit run: tollgate run ENV --repo REPO --out DIR -- true (maintenance empty, HOME=$CACHE_HOME)"
+    echo "hit run: tollgate run ENV --repo REPO --out DIR -- true (maintenance empty, HOME=$CACHE_HOME; repo: $( ((REPO_MIB > 0)) && echo "${REPO_MIB} MiB tracked" || echo "2 small files"))"
     echo "hyperfine -N: $ROUNDS rounds x $(((RUNS + ROUNDS - 1) / ROUNDS)) runs (+$WARMUP warm-up each), sizes in rotated order; CPU busy before: ${R[busy]:-?}%"
     echo
     line=$(printf "  %-${tw}s" "snapshot")
@@ -661,8 +667,8 @@ write_json() {
             "$(json_str "$(bwrap --version 2>/dev/null | awk '{ print $NF }')")" \
             "$(json_str "$(strace -V 2>/dev/null | awk 'NR == 1 { print $NF }')")" \
             "$(if ((HAVE_PERF == 1)); then json_str "$(perf --version | awk '{ print $NF }')"; else printf null; fi)"
-        printf '  "params": {"runs": %s, "rounds": %s, "warmup_per_round": %s, "context_runs": %s, "trace_runs": %s, "data": "%s", "home": %s, "unit": "ms"},\n' \
-            "$RUNS" "$ROUNDS" "$WARMUP" "$CTX_RUNS" "$TRACE_RUNS" "$DATA" "$(json_str "$CACHE_HOME")"
+        printf '  "params": {"runs": %s, "rounds": %s, "warmup_per_round": %s, "context_runs": %s, "trace_runs": %s, "data": "%s", "home": %s, "repo_tracked_mib": %s, "unit": "ms"},\n' \
+            "$RUNS" "$ROUNDS" "$WARMUP" "$CTX_RUNS" "$TRACE_RUNS" "$DATA" "$(json_str "$CACHE_HOME")" "$REPO_MIB"
         printf '  "context_ms": {"true": %s, "bwrap": %s, "tollgate_exec": %s, "bashrc": %s},\n' \
             "$(json_num "${R[median/true]:-}")" "$(json_num "${R[median/bwrap]:-}")" \
             "$(json_num "${R[median/exec]:-}")" "$(json_num "${R[bashrc]:-}")"
