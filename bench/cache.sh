@@ -48,7 +48,7 @@ SIZE_RATIO_MAX=1.20                      # largest / smallest hit, at most
 for v in RUNS ROUNDS WARMUP CTX_RUNS TRACE_RUNS REPO_MIB; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number, got '${!v}'" >&2; exit 2; }
 done
-((RUNS >= 2 && CTX_RUNS >= 2 && ROUNDS >= 1)) || { echo "bench: BENCH_CACHE_RUNS and BENCH_CACHE_CONTEXT_RUNS must be >= 2" >&2; exit 2; }
+((RUNS >= 2 && CTX_RUNS >= 2 && ROUNDS >= 1)) || { echo "bench: BENCH_CACHE_RUNS and BENCH_CACHE_CONTEXT_RUNS must be >= 2, BENCH_CACHE_ROUNDS >= 1" >&2; exit 2; }
 ((${#SIZES[@]} > 0)) || { echo "bench: BENCH_CACHE_SIZES_MIB is empty" >&2; exit 2; }
 for s in "${SIZES[@]}"; do
     [[ $s =~ ^[0-9]+$ ]] || { echo "bench: BENCH_CACHE_SIZES_MIB: '$s' is not a whole number of MiB" >&2; exit 2; }
