@@ -244,8 +244,15 @@ impl SnapshotStore {
         if meta.key != key || meta.env != env || meta.expired(ttl) {
             return Ok(None);
         }
-        let Some(lock) = lock_file(&dir.join("meta.json"), FlockArg::LockSharedNonblock)? else {
-            return Ok(None);
+        // Blocking: exclusive holders are brief (`cache list`'s probe, a
+        // removal's rename), and waiting them out keeps a hit a hit.
+        let lock = match lock_file(&dir.join("meta.json"), FlockArg::LockShared) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Ok(None),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
         };
         // Removed between the read and the lock: not ours to use.
         if read_meta(&dir).as_ref() != Some(&meta) || !dir.join("layer").is_dir() {
@@ -312,7 +319,7 @@ impl SnapshotStore {
     /// run uses it. Returns whether it is gone.
     fn unpublish(&self, dir: &Path) -> Result<bool, StoreError> {
         let meta = dir.join("meta.json");
-        let _lock = if meta.exists() {
+        let lock = if meta.exists() {
             match lock_file(&meta, FlockArg::LockExclusiveNonblock)? {
                 Some(lock) => Some(lock),
                 None => return Ok(false),
@@ -328,6 +335,8 @@ impl SnapshotStore {
             .unwrap_or_default();
         let doomed = trash.join(format!("{name}-{}-{}", std::process::id(), now_nanos()));
         std::fs::rename(dir, &doomed).map_err(io_error("remove", dir))?;
+        // Out of sight now: a lookup waiting on the lock may go on (and miss).
+        drop(lock);
         let _ = std::fs::remove_dir_all(&doomed);
         Ok(true)
     }
@@ -502,4 +511,85 @@ fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_snapshot(name: &str) -> (SnapshotStore, PathBuf, Meta) {
+        let root = std::env::temp_dir().join(format!(
+            "tollgate-cache-{name}-{}-{}",
+            std::process::id(),
+            now_nanos()
+        ));
+        let dir = root.join("env").join("k1");
+        std::fs::create_dir_all(dir.join("layer")).unwrap();
+        let meta = Meta {
+            env: "env".into(),
+            key: "k1".into(),
+            created: now(),
+            ttl: 3600,
+            base: PathBuf::from("/"),
+            repo: "/srv/repo".into(),
+        };
+        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+        (SnapshotStore::new(root.clone()), root, meta)
+    }
+
+    #[test]
+    fn a_brief_exclusive_lock_like_cache_lists_probe_does_not_turn_a_hit_into_a_miss() {
+        let (store, root, meta) = store_with_snapshot("probe");
+        let meta_path = root.join("env/k1/meta.json");
+        let probe = lock_file(&meta_path, FlockArg::LockExclusiveNonblock)
+            .unwrap()
+            .unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(probe);
+        });
+        let found = store
+            .lookup("env", "k1", Duration::from_secs(3600))
+            .unwrap();
+        release.join().unwrap();
+        assert_eq!(found.map(|s| s.meta), Some(meta));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_removed_while_it_is_looked_up_is_a_miss_not_an_error() {
+        let (store, root, _) = store_with_snapshot("gone");
+        let meta_path = root.join("env/k1/meta.json");
+        let holder = lock_file(&meta_path, FlockArg::LockExclusiveNonblock)
+            .unwrap()
+            .unwrap();
+        let doomed = root.join("env/k1");
+        let remover = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            std::fs::remove_dir_all(&doomed).unwrap();
+            drop(holder);
+        });
+        let found = store.lookup("env", "k1", Duration::from_secs(3600));
+        remover.join().unwrap();
+        assert!(matches!(found, Ok(None)), "{found:?}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn keys_change_with_each_input_and_never_hold_a_secret_value() {
+        let env = crate::environment::Environment::parse(
+            Path::new("e.yaml"),
+            "version: 1\nsetup: echo hi\nsecrets:\n  T: {from_env: T}\n",
+        )
+        .unwrap();
+        let secrets = |v: &str| {
+            let v = v.to_owned();
+            env.resolve_secrets(move |_| Some(v.clone())).unwrap()
+        };
+        let a = key(&env, "/srv/a", &secrets("one")).unwrap();
+        assert_eq!(a, key(&env, "/srv/a", &secrets("one")).unwrap());
+        assert_ne!(a, key(&env, "/srv/b", &secrets("one")).unwrap());
+        assert_ne!(a, key(&env, "/srv/a", &secrets("two")).unwrap());
+        assert!(!a.contains("one") && a.len() == 64);
+    }
 }
