@@ -2080,3 +2080,43 @@ fn nothing_is_left_behind() {
         assert!(survivors.is_empty(), "{what}: {survivors:?}");
     }
 }
+
+/// Removes a directory outside the scratch tree when the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_state_dir_with_snapshots_and_layers_is_hidden_from_every_phase() {
+    require_root!();
+    let mut world = World::new("state-hidden");
+    // Outside /tmp (a fresh tmpfs inside): the base shows /var/tmp.
+    world.state = PathBuf::from(format!("/var/tmp/tollgate-test-state-{}", unique()));
+    let _cleanup = RemoveOnDrop(world.state.clone());
+    let state = world.state.display().to_string();
+    let look = format!(
+        "echo \"SEEN $(ls -A {state} 2>/dev/null | wc -l) $(cat {state}/cache/*/*/meta.json 2>/dev/null | wc -c)\""
+    );
+    let env = env_file(&setup_key(&format!("echo secret-ish > setup-file\n{look}")));
+    // The first run publishes a snapshot; the second resumes it, so the
+    // state dir holds cache/, runs/ and a live layer while both phases look.
+    world
+        .run(&Spec {
+            env: &env,
+            agent: &["true"],
+            ..Spec::default()
+        })
+        .expect_code(0);
+    assert!(world.state.join("cache").is_dir(), "no snapshot was made");
+    let run = world.run(&Spec {
+        env: &env,
+        agent: &["sh", "-c", &look],
+        ..Spec::default()
+    });
+    run.expect_code(0);
+    assert_eq!(run.expect_value("agent", "SEEN"), "0 0", "{run:#?}");
+}
