@@ -16,15 +16,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::audit::Kind;
+use crate::context::Conn;
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
-use crate::forward::{check_host_header, Malformed};
 use crate::host::{Host, HostPort};
 use crate::intercept;
 use crate::policy::Target;
 use crate::respond::{empty, ProxyBody};
-use crate::server::Conn;
 use crate::sniff::{read_opening, Opening};
+use crate::target::connect_target;
 use crate::tunnel::{relay, relay_tcp, RelayEnd};
 use crate::upstream;
 
@@ -93,21 +93,6 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
     Response::new(empty())
 }
 
-/// The CONNECT authority (host and an explicit port, RFC 9110 §9.3.6),
-/// checked against a Host header if the client sent one.
-fn connect_target(request: &Request<Incoming>) -> Result<HostPort, Malformed> {
-    let Some(authority) = request.uri().authority() else {
-        return Err(Malformed::Bad("CONNECT needs a host:port target".into()));
-    };
-    if authority.port().is_none() {
-        return Err(Malformed::Bad("CONNECT target needs a port".into()));
-    }
-    let target =
-        HostPort::from_authority(authority, 443).map_err(|e| Malformed::Bad(e.to_string()))?;
-    check_host_header(request.headers(), &target, 443)?;
-    Ok(target)
-}
-
 /// Checks the opening, then relays: with splice when the client is a TCP
 /// socket (hyper hands back the socket and any bytes it had already read),
 /// through buffers otherwise.
@@ -138,7 +123,7 @@ async fn run_tunnel(
         }
     };
     if end != RelayEnd::Closed {
-        tracing::debug!(id = exchange.id(), "tunnel to {target} ended: {end:?}");
+        tracing::debug!(id = exchange.id(), "tunnel to {target} ended: {end}");
     }
 }
 
@@ -159,7 +144,7 @@ async fn open_tunnel<R: AsyncRead + Unpin>(
             return false;
         }
         Err(reason) => {
-            tracing::info!(id = exchange.id(), "CONNECT {target}: {opening:?}");
+            tracing::info!(id = exchange.id(), "CONNECT {target}: refused: {opening}");
             exchange.decide(&Decision::refuse(reason));
             return false;
         }

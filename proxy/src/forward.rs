@@ -4,7 +4,7 @@
 //! headers; send through the pooled, guarded client; relay the response,
 //! or, for an allowed WebSocket upgrade, the upgraded streams.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -14,20 +14,14 @@ use hyper_util::rt::TokioIo;
 
 use crate::audit::Kind;
 use crate::client::{error_chain, upstream_error, Dialed};
+use crate::context::Conn;
 use crate::decision::{Decision, Reason};
 use crate::exchange::{Exchange, Metered};
 use crate::host::HostPort;
 use crate::policy::Target;
 use crate::respond::{discard_body, empty, strip_hop_by_hop, ProxyBody};
-use crate::server::Conn;
+use crate::target::{authority_text, http_target, Malformed};
 use crate::tunnel::relay;
-
-/// Why a request could not even be decided.
-#[derive(Debug)]
-pub(crate) enum Malformed {
-    Bad(String),
-    HostMismatch,
-}
 
 /// A plain-HTTP proxy request.
 pub(crate) async fn forward(conn: &Conn, request: Request<Incoming>) -> Response<ProxyBody> {
@@ -113,61 +107,6 @@ pub(crate) async fn deliver(
             exchange.record().resolved = address;
             conn.refuse(exchange, &Decision::refuse(reason), &described)
         }
-    }
-}
-
-/// The normalised target of an absolute-form `http://` request, checked
-/// against its Host header (invariant 4).
-fn http_target(request: &Request<Incoming>) -> Result<HostPort, Malformed> {
-    let uri = request.uri();
-    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-        return Err(Malformed::Bad(
-            "this is a proxy: send absolute-form requests (GET http://host/path)".into(),
-        ));
-    };
-    if *scheme != Scheme::HTTP {
-        return Err(Malformed::Bad(format!(
-            "only http:// can be forwarded; use CONNECT for {scheme}://"
-        )));
-    }
-    let target =
-        HostPort::from_authority(authority, 80).map_err(|e| Malformed::Bad(e.to_string()))?;
-    check_host_header(request.headers(), &target, 80)?;
-    Ok(target)
-}
-
-/// A Host header, when present, must name the same host and port as the
-/// target; two Host headers are never acceptable (RFC 9112 §3.2).
-pub(crate) fn check_host_header(
-    headers: &HeaderMap,
-    target: &HostPort,
-    default_port: u16,
-) -> Result<(), Malformed> {
-    let mut values = headers.get_all(header::HOST).iter();
-    let Some(value) = values.next() else {
-        return Ok(());
-    };
-    if values.next().is_some() {
-        return Err(Malformed::Bad("more than one Host header".into()));
-    }
-    let named = value
-        .to_str()
-        .ok()
-        .and_then(|text| HostPort::parse(text, default_port).ok());
-    match named {
-        Some(named) if named == *target => Ok(()),
-        _ => Err(Malformed::HostMismatch),
-    }
-}
-
-/// `host[:port]`, the port only when it is not the scheme's default: the
-/// Host header we send, and the authority of URLs in refusals.
-fn authority_text(scheme: &Scheme, target: &HostPort) -> String {
-    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
-    if target.port == default_port {
-        target.host.to_string()
-    } else {
-        target.to_string()
     }
 }
 

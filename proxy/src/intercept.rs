@@ -6,7 +6,6 @@
 //! The tunnel is decided on its host and port first (connect.rs); only
 //! tunnels whose decision depends on what is inside get here.
 
-use std::fmt;
 use std::sync::Arc;
 
 use http::uri::Scheme;
@@ -20,30 +19,17 @@ use tokio_rustls::LazyConfigAcceptor;
 use tollgate_certs::{CertificateAuthority, LeafName};
 
 use crate::audit::Kind;
+use crate::context::Conn;
 use crate::decision::{Decision, Reason};
 use crate::exchange::{Direction, Exchange};
-use crate::forward::{check_host_header, deliver, Malformed};
+use crate::forward::deliver;
 use crate::host::{Host, HostPort};
 use crate::respond::{discard_body, ProxyBody};
-use crate::server::Conn;
+use crate::target::{check_authority, Malformed};
 use crate::tunnel::{ActivityClock, Watched};
 
 /// Concurrent HTTP/2 streams per intercepted connection.
 const MAX_STREAMS: u32 = 32;
-
-/// What interception needs: a CA to present leaves for intercepted hosts,
-/// and the trust anchors for verifying upstream servers.
-#[derive(Clone)]
-pub struct Interception {
-    pub authority: Arc<dyn CertificateAuthority>,
-    pub upstream_tls: Arc<rustls::ClientConfig>,
-}
-
-impl fmt::Debug for Interception {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Interception")
-    }
-}
 
 /// Serves an intercepted tunnel until the client closes it. `exchange` is
 /// the CONNECT's record; each request inside gets a `mitm` record.
@@ -157,18 +143,6 @@ async fn handle(conn: &Conn, request: Request<Incoming>, target: HostPort) -> Re
         return conn.refuse_malformed(exchange, malformed);
     }
     deliver(conn, exchange, request, target, Scheme::HTTPS).await
-}
-
-/// The request's own authority — the URI's (HTTP/2 `:authority`, or an
-/// absolute-form target) and the Host header — must name the CONNECT host.
-fn check_authority(request: &Request<Incoming>, target: &HostPort) -> Result<(), Malformed> {
-    if let Some(authority) = request.uri().authority() {
-        match HostPort::from_authority(authority, 443) {
-            Ok(named) if named == *target => {}
-            _ => return Err(Malformed::HostMismatch),
-        }
-    }
-    check_host_header(request.headers(), target, 443)
 }
 
 /// An SNI, when the client sends one, must name the CONNECT host.

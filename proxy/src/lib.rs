@@ -4,19 +4,24 @@
 
 pub mod audit;
 mod client;
+mod config;
 mod connect;
+mod context;
 pub mod decision;
 mod exchange;
 mod forward;
 pub mod guard;
 pub mod host;
-pub mod intercept;
+mod intercept;
+mod listen;
 pub mod policy;
 pub mod respond;
-pub mod server;
+mod server;
 mod sniff;
+mod target;
 mod tunnel;
 pub mod upstream;
 
-pub use intercept::Interception;
-pub use server::{ListenAddr, Listener, Proxy, ProxyConfig};
+pub use config::{Interception, ProxyConfig};
+pub use listen::{ListenAddr, ListenError, Listener};
+pub use server::Proxy;

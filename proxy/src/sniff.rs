@@ -28,6 +28,22 @@ pub enum Opening {
     Silent,
 }
 
+impl std::fmt::Display for Opening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Opening::Tls {
+                server_name: Some(name),
+            } => write!(f, "the client's TLS hello names {name:?}"),
+            Opening::Tls { server_name: None } => {
+                f.write_str("the client's TLS hello names no host")
+            }
+            Opening::Opaque => f.write_str("the client sent something that is not TLS"),
+            Opening::MalformedTls(why) => write!(f, "the client's TLS hello is malformed: {why}"),
+            Opening::Silent => f.write_str("the client sent nothing"),
+        }
+    }
+}
+
 /// Reads until the opening is known; returns it with every byte read.
 pub async fn read_opening<R: AsyncRead + Unpin>(
     client: &mut R,

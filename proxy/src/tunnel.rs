@@ -40,6 +40,17 @@ pub enum RelayEnd {
     Stopped,
 }
 
+impl std::fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayEnd::Closed => f.write_str("closed by a side"),
+            RelayEnd::Failed(why) => write!(f, "failed: {why}"),
+            RelayEnd::Idle => f.write_str("idle for too long"),
+            RelayEnd::Stopped => f.write_str("closed by the proxy's shutdown"),
+        }
+    }
+}
+
 /// Relays until the tunnel ends; bytes are counted into `counters`.
 pub async fn relay<C, U>(
     client: C,
