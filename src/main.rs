@@ -3,11 +3,12 @@
 
 mod cli;
 mod cmd;
-mod state;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tollgate_run::state::StateDir;
 
 use crate::cli::{CaCommand, CacheCommand, Cli, Command, PolicyCommand};
 
@@ -15,12 +16,12 @@ use crate::cli::{CaCommand, CacheCommand, Cli, Command, PolicyCommand};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    if let Some(code) = cmd::exec::run_init_if_asked() {
+    if let Some(code) = tollgate_sandbox::init::enter_if_requested() {
         return code;
     }
     let cli = Cli::parse();
     init_logging();
-    let state = state::StateDir::new(cli.state_dir);
+    let state = StateDir::new(cli.state_dir);
     let outcome = match cli.command {
         Command::Proxy(args) => cmd::proxy::run(args, &state),
         Command::Ca(CaCommand::Init(args)) => cmd::ca::init(args, &state),
@@ -37,20 +38,39 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("tollgate: {error:#}");
+            eprintln!("tollgate: {}", one_line(&error));
             ExitCode::from(EXIT_CONFIG)
         }
     }
 }
 
+/// The error and its causes on one line, leaving out a cause whose text
+/// the message before it already holds (most of ours say their cause).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// Diagnostics go to standard error; `TOLLGATE_LOG` sets the filter
 /// (e.g. `debug`, `tollgate_proxy=trace`). The audit log is separate.
+/// Colour only on a terminal, and never with `NO_COLOR` set
+/// (https://no-color.org).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }

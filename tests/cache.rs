@@ -618,12 +618,10 @@ impl RunOut {
         self
     }
 
-    /// The `name=value` lines the REPORT agent printed (its log, time
-    /// stamps removed).
+    /// The `name=value` lines the REPORT agent printed (its raw log).
     fn facts(&self) -> HashMap<String, String> {
         let log = std::fs::read_to_string(self.out.join("agent.log")).unwrap_or_default();
         log.lines()
-            .filter_map(|line| line.split_once("] ").map(|(_, rest)| rest))
             .filter_map(|line| line.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()

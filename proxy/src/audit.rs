@@ -139,11 +139,16 @@ enum Message {
     Sync(SyncSender<()>),
 }
 
+/// Called with every record as it is written (a run streams decisions to
+/// whoever watches it).
+pub type Observer = Arc<dyn Fn(&Record) + Send + Sync>;
+
 /// A handle to the audit log; clones share one writer.
 #[derive(Clone)]
 pub struct AuditLog {
     queue: SyncSender<Message>,
     ids: Arc<IdSource>,
+    observer: Option<Observer>,
     _flush_on_drop: Arc<FlushOnLastDrop>,
 }
 
@@ -165,8 +170,18 @@ impl AuditLog {
         Ok(AuditLog {
             queue: queue.clone(),
             ids: Arc::new(IdSource::new()),
+            observer: None,
             _flush_on_drop: Arc::new(FlushOnLastDrop { queue }),
         })
+    }
+
+    /// This log, also showing every record written through it to
+    /// `observer`.
+    pub fn observed(&self, observer: Observer) -> AuditLog {
+        AuditLog {
+            observer: Some(observer),
+            ..self.clone()
+        }
     }
 
     /// A new record id, unique within this proxy and across restarts.
@@ -176,6 +191,9 @@ impl AuditLog {
 
     /// Appends one record.
     pub fn write(&self, record: &Record) {
+        if let Some(observer) = &self.observer {
+            observer(record);
+        }
         match serde_json::to_vec(record) {
             Ok(mut line) => {
                 line.push(b'\n');

@@ -35,8 +35,7 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
-    fn new(policy: Policy, config: &ProxyConfig, upstream: &Arc<OpenUpstreams>) -> Generation {
-        let policy = Arc::new(policy);
+    fn new(policy: Arc<Policy>, config: &ProxyConfig, upstream: &Arc<OpenUpstreams>) -> Generation {
         let build = |tls| {
             client::build(
                 policy.clone(),
@@ -88,7 +87,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(policy: Policy, audit: AuditLog, config: ProxyConfig) -> Shared {
+    pub fn new(policy: Arc<Policy>, audit: AuditLog, config: ProxyConfig) -> Shared {
         let upstream = Arc::new(OpenUpstreams::new(config.max_connections));
         let generation = Generation::new(policy, &config, &upstream);
         Shared {
@@ -107,7 +106,7 @@ impl Shared {
     }
 
     /// Enforces `policy` from the next request on.
-    pub fn replace_policy(&self, policy: Policy) {
+    pub fn replace_policy(&self, policy: Arc<Policy>) {
         self.generation.store(Arc::new(Generation::new(
             policy,
             &self.config,

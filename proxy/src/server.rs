@@ -38,7 +38,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(policy: Policy, audit: AuditLog, config: ProxyConfig) -> Arc<Proxy> {
+    /// A proxy enforcing `policy`, which may be shared (the phases of a run
+    /// that use the same policy share one compiled copy).
+    pub fn new(policy: Arc<Policy>, audit: AuditLog, config: ProxyConfig) -> Arc<Proxy> {
         let permits = Arc::new(Semaphore::new(config.max_connections));
         Arc::new(Proxy {
             shared: Arc::new(Shared::new(policy, audit, config)),
@@ -52,7 +54,7 @@ impl Proxy {
 
     /// Enforces `policy` from the next request on.
     pub fn replace_policy(&self, policy: Policy) {
-        self.shared.replace_policy(policy);
+        self.shared.replace_policy(Arc::new(policy));
     }
 
     pub fn audit(&self) -> &AuditLog {

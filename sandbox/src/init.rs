@@ -5,8 +5,8 @@
 //! init): every step that needs privilege happens before the step that drops
 //! it, and nothing reaches the command before the last one.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
 use nix::unistd::Pid;
 
@@ -16,18 +16,45 @@ use crate::fds;
 use crate::reaper::{supervise, Signals};
 use crate::rootfs;
 use crate::seccomp;
-use crate::spec::Spec;
+use crate::spec::Handoff;
 use crate::SandboxError;
+use crate::{dev, mounts, proc};
 
-pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
+/// The hidden subcommand the host side runs for PID 1.
+pub const INIT_ARG: &str = "__sandbox-init";
+
+/// Exit status of PID 1 when the sandbox could not be set up (as
+/// `env`/`chroot` report a failure of their own, distinct from the
+/// command's statuses).
+const SETUP_FAILED: u8 = 125;
+
+/// Runs PID 1 when this process was started as it (`<exe> __sandbox-init
+/// HANDOFF`): a binary that embeds the sandbox calls this first thing in
+/// `main` and exits with the status it returns.
+pub fn enter_if_requested() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != INIT_ARG {
+        return None;
+    }
+    let handoff = PathBuf::from(args.next()?);
+    Some(match run(&handoff) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("tollgate: sandbox: {e}");
+            ExitCode::from(SETUP_FAILED)
+        }
+    })
+}
+
+fn run(handoff: &Path) -> Result<i32, SandboxError> {
     // 0. Handlers for every signal PID 1 must not miss, before anything can
     //    send one; no descriptor of whoever started us reaches the command.
     let mut signals = Signals::catch()?;
     fds::close_on_exec_above_stderr()?;
-    //    The host side's private spec file: read it, then remove it, so a
-    //    run whose host side is killed leaves nothing of it behind.
-    let spec = Spec::read(spec_path)?;
-    let _ = std::fs::remove_file(spec_path);
+    //    The host side's private handoff file: read it, then remove it, so
+    //    a run whose host side is killed leaves nothing of it behind.
+    let spec = Handoff::read(handoff)?;
+    let _ = std::fs::remove_file(handoff);
     //    Resource limits: join the phase's cgroups while the host's
     //    /sys/fs/cgroup is still in view; every process started from here
     //    on is born inside them.
@@ -48,14 +75,14 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
         rootfs::stackable_base(&spec.base, &spec.scratch)?
     };
     rootfs::mount_overlay(&base, &spec.layers, &layers)?;
-    rootfs::mount_binds(&layers.root, &spec.binds)?;
-    rootfs::mask(&layers.root, &spec.masks)?;
+    mounts::mount_binds(&layers.root, &spec.binds)?;
+    mounts::mask(&layers.root, &spec.masks)?;
     // 4. /proc for this PID namespace, with the host-global knobs read-only
     //    or hidden (a root without capabilities still owns /proc/sys), a
     //    minimal /dev, a private /tmp.
-    rootfs::mount_proc(&layers.root)?;
-    rootfs::mount_dev(&layers.root)?;
-    rootfs::mount_tmp(&layers.root)?;
+    proc::mount_proc(&layers.root)?;
+    dev::mount_dev(&layers.root)?;
+    dev::mount_tmp(&layers.root)?;
     let injected = rootfs::read_injected(&spec.files)?;
     for file in &spec.files {
         let _ = std::fs::remove_file(&file.host);
@@ -81,9 +108,6 @@ pub fn run(spec_path: &Path) -> Result<i32, SandboxError> {
     supervise(&mut signals, pid)
 }
 
-/// The hidden subcommand the host side runs for PID 1.
-pub const INIT_ARG: &str = "__sandbox-init";
-
 /// SIGKILL when the host side goes, and the PID namespace with us.
 ///
 /// (getppid() is 0 for PID 1 of a new namespace, so a host side that died
@@ -94,7 +118,7 @@ fn die_with_parent() -> Result<(), SandboxError> {
         .map_err(SandboxError::setup("set parent-death signal"))
 }
 
-fn command(spec: &Spec) -> Command {
+fn command(spec: &Handoff) -> Command {
     let (program, args) = spec
         .command
         .split_first()

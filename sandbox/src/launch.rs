@@ -1,5 +1,6 @@
-//! The host side of a sandbox: preflight checks, a private run directory,
-//! the network namespace with the proxy's listener in it, and stage 1.
+//! The host side of a sandbox: preflight checks, a private run directory
+//! holding the handoff for PID 1, the thread that creates the namespaces
+//! ([`crate::namespaces`]), and handles to wait for and signal PID 1.
 
 use std::fs::DirBuilder;
 use std::net::{SocketAddr, TcpListener};
@@ -11,16 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::init::INIT_ARG;
-use crate::spec::{InjectedFile, NewFile, Spec};
+use crate::namespaces::in_new_namespaces;
+use crate::spec::{Handoff, InjectedFile, NewFile, Spec};
 use crate::SandboxError;
-
-/// iproute2, by absolute path: searching PATH cost a dozen failed execs.
-const IP: &str = "/usr/sbin/ip";
 
 /// How the sandboxed command ended, in the shell's convention.
 pub type SandboxExit = i32;
@@ -59,7 +56,7 @@ pub enum Output {
 }
 
 impl Output {
-    fn configure(self, command: &mut Command) -> Result<(), SandboxError> {
+    pub(crate) fn configure(self, command: &mut Command) -> Result<(), SandboxError> {
         if let Output::Pipe(fd) = self {
             let second = fd
                 .try_clone()
@@ -74,21 +71,11 @@ impl Output {
 }
 
 impl Sandbox {
-    /// Starts `spec` (its `scratch` is filled in here) with `files` laid over
-    /// their paths inside. Returns the sandbox and the proxy's listener,
-    /// bound to `listen` inside the sandbox's network namespace.
+    /// Starts `spec` with its standard streams sent to `output`. Returns the
+    /// sandbox and the proxy's listener, bound to `listen` inside the
+    /// sandbox's network namespace.
     pub fn start(
         spec: Spec,
-        files: Vec<NewFile>,
-        listen: SocketAddr,
-    ) -> Result<(Sandbox, TcpListener), SandboxError> {
-        Sandbox::start_with(spec, files, listen, Output::Inherit)
-    }
-
-    /// [`Sandbox::start`] with the standard streams sent to `output`.
-    pub fn start_with(
-        mut spec: Spec,
-        files: Vec<NewFile>,
         listen: SocketAddr,
         output: Output,
     ) -> Result<(Sandbox, TcpListener), SandboxError> {
@@ -98,22 +85,13 @@ impl Sandbox {
         }
         let run_dir = private_run_dir()?;
         let guard = RunDir(run_dir.clone());
-        spec.scratch = run_dir.join("scratch");
-        std::fs::create_dir(&spec.scratch)
-            .map_err(SandboxError::io("create the scratch mount point"))?;
-        for (i, NewFile { sandbox, bytes }) in files.into_iter().enumerate() {
-            let host = run_dir.join(format!("file-{i}"));
-            std::fs::write(&host, bytes)
-                .map_err(SandboxError::io(format!("write {}", host.display())))?;
-            spec.files.push(InjectedFile { sandbox, host });
-        }
-        let spec_path = run_dir.join("spec.json");
-        spec.write(&spec_path)?;
+        let handoff_path = run_dir.join("spec.json");
+        handoff(spec, &run_dir)?.write(&handoff_path)?;
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let waiter = std::thread::Builder::new()
             .name("tollgate-sandbox".into())
-            .spawn(move || in_new_namespaces(&spec_path, listen, output, ready_tx))
+            .spawn(move || in_new_namespaces(&handoff_path, listen, output, ready_tx))
             .map_err(SandboxError::io("start the sandbox thread"))?;
         let (listener, init) = match ready_rx.recv() {
             Ok(ready) => ready,
@@ -202,52 +180,6 @@ impl Drop for RunDir {
     }
 }
 
-/// Runs on its own thread, because namespaces entered with unshare belong
-/// to the calling thread: create the network namespace, bring `lo` up and
-/// bind the proxy's listener there; then the mount, PID, IPC and UTS
-/// namespaces (after `ip` ran, which would otherwise become PID 1); start
-/// PID 1, which inherits them all, and stay — its parent-death signal is
-/// tied to this thread — until it exits.
-fn in_new_namespaces(
-    spec_path: &Path,
-    listen: SocketAddr,
-    output: Output,
-    ready: mpsc::Sender<(TcpListener, Pid)>,
-) -> Result<SandboxExit, SandboxError> {
-    unshare(CloneFlags::CLONE_NEWNET).map_err(|source| SandboxError::Namespace {
-        what: "network",
-        source,
-    })?;
-    bring_up_loopback()?;
-    let listener = TcpListener::bind(listen).map_err(SandboxError::io(format!(
-        "bind the proxy on {listen} inside the sandbox"
-    )))?;
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS,
-    )
-    .map_err(|source| SandboxError::Namespace {
-        what: "mount, PID, IPC and UTS",
-        source,
-    })?;
-    let mut command = Command::new("/proc/self/exe");
-    command.arg(INIT_ARG).arg(spec_path);
-    output.configure(&mut command)?;
-    let mut init = command
-        .spawn()
-        .map_err(SandboxError::io("start the sandbox"))?;
-    let pid = Pid::from_raw(i32::try_from(init.id()).unwrap_or(i32::MAX));
-    if ready.send((listener, pid)).is_err() {
-        let _ = init.kill();
-    }
-    let status = init
-        .wait()
-        .map_err(SandboxError::io("wait for the sandbox"))?;
-    Ok(status.code().unwrap_or(137))
-}
-
 /// Run directories of tollgate processes that no longer exist: a host side
 /// killed with SIGKILL cannot remove its own (the sandbox's writes were on
 /// its namespace's tmpfs and are gone; this is the empty scaffolding).
@@ -270,27 +202,6 @@ fn remove_stale_run_dirs() {
     }
 }
 
-/// `lo` starts down in a new network namespace. iproute2 does it; the
-/// alternative is a raw netlink or ioctl call this crate would need unsafe
-/// code for.
-fn bring_up_loopback() -> Result<(), SandboxError> {
-    let status = Command::new(IP)
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .map_err(|e| SandboxError::Io {
-            step: "run `ip link set lo up` in the sandbox's network namespace (is iproute2 installed?)".into(),
-            source: e,
-        })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(SandboxError::Io {
-            step: "`ip link set lo up` in the sandbox's network namespace".into(),
-            source: std::io::Error::other(format!("exited with {status}")),
-        })
-    }
-}
-
 const RUN_DIR_PREFIX: &str = "tollgate-run-";
 
 /// A fresh 0700 directory for the spec, injected files and the scratch
@@ -308,4 +219,32 @@ fn private_run_dir() -> Result<PathBuf, SandboxError> {
         .create(&dir)
         .map_err(SandboxError::io(format!("create {}", dir.display())))?;
     Ok(dir)
+}
+
+/// The spec as PID 1 gets it: the files to inject written into the run
+/// directory, and the scratch mount point made there.
+fn handoff(spec: Spec, run_dir: &Path) -> Result<Handoff, SandboxError> {
+    let scratch = run_dir.join("scratch");
+    std::fs::create_dir(&scratch).map_err(SandboxError::io("create the scratch mount point"))?;
+    let mut files = Vec::with_capacity(spec.files.len());
+    for (i, NewFile { sandbox, bytes }) in spec.files.into_iter().enumerate() {
+        let host = run_dir.join(format!("file-{i}"));
+        std::fs::write(&host, bytes)
+            .map_err(SandboxError::io(format!("write {}", host.display())))?;
+        files.push(InjectedFile { sandbox, host });
+    }
+    Ok(Handoff {
+        base: spec.base,
+        layers: spec.layers,
+        writable: spec.writable,
+        scratch,
+        cgroups: spec.cgroups,
+        binds: spec.binds,
+        masks: spec.masks,
+        files,
+        hostname: spec.hostname,
+        workdir: spec.workdir,
+        env: spec.env,
+        command: spec.command,
+    })
 }

@@ -14,24 +14,22 @@
 // One audited exception, close_range(2) in fds.rs; everything else is safe.
 #![deny(unsafe_code)]
 
-pub mod autosetup;
-pub mod cache;
-pub mod capabilities;
+mod capabilities;
 pub mod cgroup;
-pub mod checkout;
-pub mod diff;
-pub mod environment;
+mod dev;
 mod error;
 mod fds;
 pub mod init;
-pub mod launch;
-pub mod layers;
-pub mod reaper;
-pub mod rootfs;
-pub mod seccomp;
-pub mod secrets;
-pub mod spec;
+mod launch;
+mod mounts;
+mod namespaces;
+mod proc;
+mod reaper;
+mod rootfs;
+mod seccomp;
+mod spec;
 
 pub use error::SandboxError;
-pub use launch::{Output, Sandbox, SandboxExit};
-pub use spec::{Bind, InjectedFile, NewFile, Spec};
+pub use launch::{preflight, Init, Output, Sandbox, SandboxExit};
+pub use reaper::interrupts_come_from_a_terminal;
+pub use spec::{Bind, NewFile, Spec};

@@ -1,28 +1,22 @@
-//! The sandbox's root filesystem: an overlay of the base on a scratch tmpfs
-//! that lives only in the sandbox's mount namespace, then /proc, a minimal
-//! /dev, /tmp and bind mounts, then pivot_root into it.
+//! The sandbox's root filesystem: an overlay of the base (and any layers
+//! above it) on a scratch tmpfs that lives only in the sandbox's mount
+//! namespace; the files laid over it; pivot_root into it.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::spec::{Bind, InjectedFile};
+use crate::mounts::none;
+use crate::spec::InjectedFile;
 use crate::SandboxError;
-
-/// Device nodes bound in from the host: what programs expect to open.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Where the layers live inside the scratch tmpfs.
 pub struct Layers {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub root: PathBuf,
-}
-
-fn none() -> Option<&'static str> {
-    None
 }
 
 /// Stops mounts made here from propagating to the host (and back).
@@ -139,221 +133,6 @@ fn overlay_safe(path: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// What a mount target should be when it has to be created.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
-    Dir,
-    File,
-}
-
-/// `path` under `root`, created if missing, without following a symlink
-/// anywhere on the way: before the pivot, a symlink in the base that points
-/// at `/etc/x` means the host's /etc/x, and a mount or a write through it
-/// would land on the host.
-pub fn safe_target(root: &Path, path: &Path, kind: TargetKind) -> Result<PathBuf, SandboxError> {
-    let relative: Vec<_> = path
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
-    let mut current = root.to_path_buf();
-    for (i, part) in relative.iter().enumerate() {
-        current.push(part);
-        let last = i + 1 == relative.len();
-        match fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(SandboxError::SymlinkTarget(path.to_owned()))
-            }
-            Ok(_) => {}
-            Err(_) if last && kind == TargetKind::File => fs::write(&current, b"")
-                .map_err(SandboxError::io(format!("create {}", path.display())))?,
-            Err(_) => fs::create_dir(&current)
-                .map_err(SandboxError::io(format!("create {}", path.display())))?,
-        }
-    }
-    Ok(current)
-}
-
-/// Host directories bound in, read-only when asked.
-pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
-    for bind in binds {
-        let kind = if bind.host.is_dir() {
-            TargetKind::Dir
-        } else {
-            TargetKind::File
-        };
-        let target = safe_target(root, &bind.sandbox, kind)?;
-        let step = format!("bind {} to {}", bind.host.display(), bind.sandbox.display());
-        mount(
-            Some(&bind.host),
-            &target,
-            none(),
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none(),
-        )
-        .map_err(SandboxError::setup(step.clone()))?;
-        if bind.read_only {
-            let flags = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV;
-            mount(none(), &target, none(), flags, none())
-                .map_err(SandboxError::setup(format!("{step} read-only")))?;
-        }
-    }
-    Ok(())
-}
-
-/// Hides each existing directory of `paths` under an empty, read-only tmpfs.
-pub fn mask(root: &Path, paths: &[PathBuf]) -> Result<(), SandboxError> {
-    for path in paths {
-        let under_root = root.join(path.strip_prefix("/").unwrap_or(path));
-        if !fs::symlink_metadata(&under_root).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
-        let target = safe_target(root, path, TargetKind::Dir)?;
-        mount(
-            Some("tmpfs"),
-            &target,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=0000,size=4k"),
-        )
-        .map_err(SandboxError::setup(format!("hide {}", path.display())))?;
-    }
-    Ok(())
-}
-
-/// Parts of /proc that act on the whole host, not the sandbox's namespaces:
-/// made read-only (the list Docker and runc use). The sandbox's root has no
-/// capabilities but still owns them, and kernel.core_pattern or
-/// sysrq-trigger written from inside would act on the host.
-const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
-/// Files of /proc that leak host memory or keys: hidden behind /dev/null.
-const PROC_HIDDEN: [&str; 5] = [
-    "kcore",
-    "keys",
-    "timer_list",
-    "sched_debug",
-    "latency_stats",
-];
-
-/// A fresh /proc for the sandbox's PID namespace: it shows only the
-/// sandbox's processes, and nothing in it can change the host.
-pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
-    let target = safe_target(root, Path::new("/proc"), TargetKind::Dir)?;
-    mount(
-        Some("proc"),
-        &target,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        none(),
-    )
-    .map_err(SandboxError::setup("mount /proc"))?;
-    for name in PROC_READ_ONLY {
-        let path = target.join(name);
-        if path.exists() {
-            read_only_bind(&path)
-                .map_err(SandboxError::setup(format!("make /proc/{name} read-only")))?;
-        }
-    }
-    for name in PROC_HIDDEN {
-        let path = target.join(name);
-        if path.is_file() {
-            mount(Some("/dev/null"), &path, none(), MsFlags::MS_BIND, none())
-                .map_err(SandboxError::setup(format!("hide /proc/{name}")))?;
-        }
-    }
-    Ok(())
-}
-
-/// Binds `path` onto itself and remounts the bind read-only.
-fn read_only_bind(path: &Path) -> nix::Result<()> {
-    mount(
-        Some(path),
-        path,
-        none(),
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        none(),
-    )?;
-    let flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
-    mount(none(), path, none(), flags, none())
-}
-
-/// A minimal /dev: a few character devices, a private devpts, /dev/shm.
-/// Host disks and everything else in the host's /dev stay invisible.
-pub fn mount_dev(root: &Path) -> Result<(), SandboxError> {
-    let dev = safe_target(root, Path::new("/dev"), TargetKind::Dir)?;
-    mount(
-        Some("tmpfs"),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755"),
-    )
-    .map_err(SandboxError::setup("mount /dev tmpfs"))?;
-    for name in DEVICES {
-        let target = dev.join(name);
-        fs::write(&target, b"").map_err(SandboxError::io(format!("create /dev/{name}")))?;
-        mount(
-            Some(&Path::new("/dev").join(name)),
-            &target,
-            none(),
-            MsFlags::MS_BIND,
-            none(),
-        )
-        .map_err(SandboxError::setup(format!("bind /dev/{name}")))?;
-    }
-    let pts = dev.join("pts");
-    fs::create_dir(&pts).map_err(SandboxError::io("create /dev/pts"))?;
-    mount(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )
-    .map_err(SandboxError::setup("mount /dev/pts"))?;
-    let shm = dev.join("shm");
-    fs::create_dir(&shm).map_err(SandboxError::io("create /dev/shm"))?;
-    mount(
-        Some("tmpfs"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .map_err(SandboxError::setup("mount /dev/shm"))?;
-    for (link, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        symlink(target, dev.join(link)).map_err(SandboxError::io(format!("link /dev/{link}")))?;
-    }
-    Ok(())
-}
-
-/// A private /tmp.
-pub fn mount_tmp(root: &Path) -> Result<(), SandboxError> {
-    let tmp = safe_target(root, Path::new("/tmp"), TargetKind::Dir)?;
-    mount(
-        Some("tmpfs"),
-        &tmp,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .map_err(SandboxError::setup("mount /tmp"))
-}
-
 /// Makes `root` the root directory and detaches the old one, so no path
 /// leads back to the host's filesystem (the pivot_root(".", ".") idiom of
 /// runc and youki).
@@ -398,31 +177,6 @@ pub fn write_injected(files: &[(PathBuf, Vec<u8>)]) -> Result<(), SandboxError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_are_created_under_the_root_and_never_through_symlinks() {
-        let root = std::env::temp_dir().join(format!("tollgate-target-{}", std::process::id()));
-        let outside = root.with_extension("outside");
-        fs::create_dir_all(root.join("etc")).unwrap();
-        fs::create_dir_all(&outside).unwrap();
-        symlink(&outside, root.join("etc/linked")).unwrap();
-        let made = safe_target(&root, Path::new("/../data/x"), TargetKind::File).unwrap();
-        assert_eq!(made, root.join("data/x"));
-        assert!(made.is_file());
-        for path in ["/etc/linked", "/etc/linked/file"] {
-            assert!(matches!(
-                safe_target(&root, Path::new(path), TargetKind::File),
-                Err(SandboxError::SymlinkTarget(_))
-            ));
-        }
-        assert_eq!(
-            fs::read_dir(&outside).unwrap().count(),
-            0,
-            "wrote through the symlink"
-        );
-        fs::remove_dir_all(&root).unwrap();
-        fs::remove_dir_all(&outside).unwrap();
-    }
 
     #[test]
     fn overlay_options_cannot_be_smuggled_in_paths() {

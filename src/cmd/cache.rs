@@ -6,10 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use tollgate_sandbox::cache::{Removal, SnapshotStore};
-use tollgate_sandbox::environment::Environment;
-
-use crate::state::StateDir;
+use tollgate_run::cache::{Removal, SnapshotStore};
+use tollgate_run::environment::Environment;
+use tollgate_run::state::StateDir;
 
 pub fn list(state: &StateDir) -> Result<ExitCode> {
     let store = SnapshotStore::new(state.cache_dir());

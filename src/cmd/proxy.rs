@@ -10,9 +10,10 @@ use tollgate_proxy::audit::{AuditLog, AuditTarget};
 use tollgate_proxy::policy::Policy;
 use tollgate_proxy::{Listener, Proxy, ProxyConfig};
 
+use tollgate_run::state::StateDir;
+use tollgate_run::trust::load_ca;
+
 use crate::cli::ProxyArgs;
-use crate::cmd::ca;
-use crate::state::StateDir;
 
 /// The policy `proxy` enforces without `--policy` (DESIGN.md).
 const DEFAULT_POLICY: &str = "common-dependencies";
@@ -22,8 +23,8 @@ pub fn run(args: ProxyArgs, state: &StateDir) -> Result<ExitCode> {
         .policy
         .clone()
         .unwrap_or_else(|| DEFAULT_POLICY.to_owned());
-    let interception = ca::interception(args.ca_dir.as_deref(), &args.upstream_ca, state)?
-        .map(|ca| ca.interception);
+    let interception =
+        load_ca(args.ca_dir.as_deref(), &args.upstream_ca, state)?.map(|ca| ca.interception);
     let policy = load_enforceable(&policy_arg, interception.is_some())?;
     let audit = AuditLog::open(AuditTarget::parse(&args.audit_log))?;
     let config = ProxyConfig {
@@ -84,7 +85,7 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
 
     tracing::info!("policy {}: {}", policy.origin(), policy.summary());
-    let proxy = Proxy::new(policy, audit, config);
+    let proxy = Proxy::new(Arc::new(policy), audit, config);
     for listener in listeners {
         tracing::info!("listening on {}", listener.describe());
         tokio::spawn(Arc::clone(&proxy).serve(listener));

@@ -18,10 +18,13 @@ use crate::host::{DomainName, Host};
 /// The policy format version this build reads.
 pub const POLICY_VERSION: u64 = 1;
 
+/// A policy as written. `version` is required in a policy file and may be
+/// left out of a policy written inline in an environment file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
-    pub version: Version,
+    #[serde(default)]
+    pub version: Option<Version>,
     pub mode: Mode,
     #[serde(default = "enforced_by_default")]
     pub enforce: bool,

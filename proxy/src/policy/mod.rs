@@ -99,9 +99,29 @@ impl Policy {
         Policy::load("common-dependencies")
     }
 
-    /// Parses and compiles a policy; `origin` names it in errors and logs.
+    /// Parses and compiles a policy file; `origin` names it in errors and
+    /// logs.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| syntax_error(origin, &e))?;
+        let missing_version = || PolicyError::Syntax {
+            origin: origin.to_owned(),
+            line: 1,
+            column: 1,
+            message: "missing field `version`: add `version: 1` at the top".to_owned(),
+        };
+        let file: PolicyFile = match serde_yaml::from_str(text) {
+            Ok(file) => file,
+            Err(_) if lacks_version(text) => return Err(missing_version()),
+            Err(e) => return Err(syntax_error(origin, &e)),
+        };
+        if file.version.is_none() {
+            return Err(missing_version());
+        }
+        compile(origin, file, "allow")
+    }
+
+    /// Compiles a policy already parsed, e.g. one written inline in an
+    /// environment file (which may leave `version` out).
+    pub fn from_file(origin: &str, file: PolicyFile) -> Result<Policy, PolicyError> {
         compile(origin, file, "allow")
     }
 
@@ -499,6 +519,17 @@ fn compile_rule(name: String, spec: RuleSpec) -> Result<Rule, String> {
             .ports
             .map(|ports| ports.into_iter().map(u16::from).collect()),
     })
+}
+
+/// Whether a policy file is a mapping (or nothing) without `version`: that
+/// is said first, whatever else is wrong, as the version says how to read
+/// the rest.
+fn lacks_version(text: &str) -> bool {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(serde_yaml::Value::Mapping(mapping)) => !mapping.contains_key("version"),
+        Ok(serde_yaml::Value::Null) => true,
+        _ => false,
+    }
 }
 
 /// Turns a serde_yaml error into `origin:line:column: message`, with a hint

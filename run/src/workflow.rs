@@ -1,32 +1,32 @@
-//! `tollgate run`: check out a repo on the host, run the setup phase, then
-//! the agent phase, each a fresh sandbox over the same layers with its own
-//! policy, and hand back result.json, diff.patch, audit.jsonl and a log per
-//! phase.
-
-mod output;
-mod phase;
+//! `tollgate run` as a library: check out a repo on the host, run the setup
+//! phase (or, on a cache hit, maintenance), then the agent phase, each a
+//! fresh enclave over the same layers with its own policy, and hand back
+//! result.json, diff.patch, audit.jsonl and a log per phase.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
 use tollgate_proxy::policy::Policy;
-use tollgate_sandbox::autosetup::AutoSetup;
-use tollgate_sandbox::cache::{self, BuildLock, Meta, Snapshot, SnapshotStore};
 use tollgate_sandbox::cgroup;
-use tollgate_sandbox::checkout::{self, CheckedOut, Revision, Target};
-use tollgate_sandbox::diff::{self, DiffLayers};
-use tollgate_sandbox::environment::{Environment, PhasePolicy, Secret};
-use tollgate_sandbox::layers::RunLayers;
-use tollgate_sandbox::secrets;
 use tollgate_sandbox::{Bind, NewFile};
 
-use self::output::{CacheResult, DiffResult, RunResult};
-use self::phase::{Outcome, Plan, Shared};
-use crate::cli::RunArgs;
-use crate::cmd::{ca, exec};
+use crate::autosetup::AutoSetup;
+use crate::cache::{self, BuildLock, Meta, Snapshot, SnapshotStore};
+use crate::checkout::{self, CheckedOut, Revision, Target};
+use crate::diff::{self, DiffLayers};
+use crate::environment::{Environment, PhasePolicy, Secret};
+use crate::error::RunError;
+use crate::events::{Event, EventSink};
+use crate::layers::RunLayers;
+use crate::output;
+use crate::phase::{self, Plan, Shared};
+use crate::result::{CacheResult, DiffResult, PhaseOutcome, RunResult};
+use crate::secrets;
 use crate::state::StateDir;
+use crate::trust::LoadedCa;
 
 /// Where the setup script is put inside: /tmp is a per-phase tmpfs, so the
 /// script is not part of the layer the agent sees.
@@ -36,6 +36,100 @@ const SETUP_SCRIPT: &str = "/tmp/tollgate/setup.sh";
 /// (Not BASH_ENV: every bash script would re-read it, and a .bashrc that
 /// runs a bash script, such as pyenv's, would recurse without end.)
 const READ_BASHRC: &str = "if [ -f ~/.bashrc ]; then . ~/.bashrc; fi";
+/// Where maintenance finds the host's mirror of the repo.
+const MIRROR_INSIDE: &str = "/run/tollgate/origin.git";
+
+/// One run, as a CLI or a service asks for it.
+pub struct RunRequest {
+    pub environment: Environment,
+    /// A local path or a URL, cloned on the host.
+    pub repo: String,
+    pub revision: Revision,
+    /// New or empty; None: a new directory under ./tollgate-out/.
+    pub out: Option<PathBuf>,
+    /// The agent's command; empty: the run stops after setup.
+    pub agent: Vec<String>,
+    /// The CA to intercept with, if any.
+    pub trust: Option<LoadedCa>,
+    pub state: StateDir,
+    /// Cancelling stops the running phase (SIGTERM, SIGKILL 10 s later);
+    /// the run then ends as a failed or interrupted one.
+    pub cancel: CancellationToken,
+}
+
+/// Runs `request` to its end, reporting through `events`. Needs root.
+/// Returns the result also written to `result.json` in the output
+/// directory; its `exit_code` is the agent's, or the failed setup's.
+pub fn run(request: RunRequest, events: EventSink) -> Result<RunResult, RunError> {
+    tollgate_sandbox::preflight()?;
+    let RunRequest {
+        environment,
+        repo,
+        revision,
+        out,
+        agent,
+        trust,
+        state,
+        cancel,
+    } = request;
+    let intercepting = trust.is_some();
+    // Both policies load before anything starts.
+    let setup_policy = phase_policy(&environment.internet.setup, intercepting)?;
+    let agent_policy = phase_policy(&environment.internet.agent, intercepting)?;
+    let secrets = environment
+        .resolve_secrets(|name| std::env::var(name).ok())
+        .map_err(|source| RunError::Secret {
+            path: environment.path.clone(),
+            source,
+        })?;
+    checkout::validate(&revision)?;
+    let source = checkout::normalise_source(&repo)?;
+    let name = checkout::repo_name(&source)?;
+    let key = cache::key(&environment, &source, &secrets)?;
+    let out = output::create_out_dir(out.as_deref(), &environment.name)?;
+    let layers = RunLayers::create(&state.runs_dir())?;
+    let audit = AuditLog::open(AuditTarget::File(out.join("audit.jsonl")))?;
+    let shared = Shared {
+        base: environment.base.clone(),
+        masks: state.private_dirs(trust.as_ref().map(|ca| ca.dir.as_path())),
+        workdir: checkout::workspace_in_sandbox(&name),
+        trust,
+        audit: audit.observed(decisions_to(events.clone())),
+        limits: cgroup::Limits {
+            memory: environment.limits.memory,
+            pids: environment.limits.pids,
+        },
+        run_id: layers.id().to_owned(),
+        out: out.clone(),
+        redact: redactions(&secrets),
+        events,
+        cancel,
+    };
+    let run = Run {
+        workspace: Path::new("workspace").join(&name),
+        env: environment.env.clone(),
+        environment,
+        secrets,
+        source,
+        name,
+        layers,
+        shared,
+        setup_policy,
+        runtime: tokio::runtime::Runtime::new().map_err(RunError::Runtime)?,
+    };
+    let store = SnapshotStore::new(state.cache_dir());
+    let prepared = checkout::mirror(&run.source, &revision, &run.layers.mirror())
+        .map_err(RunError::from)
+        .and_then(|target| run.prepare(&store, &key, &target));
+    let (status, prepared) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            output::discard_out_dir(&out);
+            return Err(e);
+        }
+    };
+    run.finish(prepared, status, key, agent_policy, &agent)
+}
 
 /// What the phases of one run share, set up before the first.
 struct Run {
@@ -46,114 +140,15 @@ struct Run {
     workspace: PathBuf,
     layers: RunLayers,
     shared: Shared,
-    files: Vec<NewFile>,
+    /// The variables of every phase: the environment file's `env`.
     env: Vec<(String, String)>,
-    intercepting: bool,
+    setup_policy: Arc<Policy>,
     runtime: tokio::runtime::Runtime,
-}
-
-pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
-    tollgate_sandbox::launch::preflight()?;
-    let environment = Environment::load(&args.environment)?;
-    let loaded = ca::interception(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
-    let intercepting = loaded.is_some();
-    // Both policies load before anything starts; setup's is loaded again
-    // for whichever phase (setup or maintenance) uses it.
-    phase_policy(&environment.internet.setup, intercepting)?;
-    let agent_policy = phase_policy(&environment.internet.agent, intercepting)?;
-    let secrets = environment
-        .resolve_secrets(|name| std::env::var(name).ok())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", environment.path.display()))?;
-    let revision = revision(&args);
-    checkout::validate(&revision)?;
-    let source = checkout::normalise_source(&args.repo)?;
-    let name = checkout::repo_name(&source)?;
-    let key = cache::key(&environment, &source, &secrets)?;
-    let out = output::create_out_dir(args.out.as_deref(), &environment.name)?;
-    let layers = RunLayers::create(&state.runs_dir())?;
-    let shared = Shared {
-        base: environment.base.clone(),
-        masks: exec::private_dirs(args.ca_dir.as_deref(), state),
-        workdir: checkout::workspace_in_sandbox(&name),
-        interception: loaded.as_ref().map(|ca| ca.interception.clone()),
-        audit: AuditLog::open(AuditTarget::File(out.join("audit.jsonl")))?,
-        limits: cgroup::Limits {
-            memory: environment.limits.memory,
-            pids: environment.limits.pids,
-        },
-        run_id: layers.id().to_owned(),
-        out: out.clone(),
-        redact: redactions(&secrets),
-    };
-    crate::cmd::proxy::raise_open_file_limit();
-    let run = Run {
-        files: exec::network_files(loaded.as_ref().map(|ca| ca.cert_pem.as_str()))?,
-        env: phase_environment(&environment, intercepting),
-        workspace: Path::new("workspace").join(&name),
-        environment,
-        secrets,
-        source,
-        name,
-        layers,
-        shared,
-        intercepting,
-        runtime: tokio::runtime::Runtime::new().context("cannot start the async runtime")?,
-    };
-
-    let store = SnapshotStore::new(state.cache_dir());
-    let prepared = checkout::mirror(&run.source, &revision, &run.layers.mirror())
-        .map_err(anyhow::Error::from)
-        .and_then(|target| run.prepare(&store, &key, &target));
-    let (status, prepared) = match prepared {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            output::discard_out_dir(&out);
-            return Err(e);
-        }
-    };
-    let mut warnings = prepared.warnings;
-    let mut phases = vec![prepared.phase];
-    let mut diff_result = None;
-    let mut exit_code = phases[0].exit_code;
-    if !phases[0].succeeded() || phases[0].interrupted {
-        eprintln!("{}", phase_failure(&phases[0]));
-        exit_code = if exit_code == 0 { 1 } else { exit_code };
-    } else if args.agent.is_empty() {
-        eprintln!(
-            "tollgate: no agent command given (after --): the run stops after {}",
-            phases[0].name
-        );
-    } else {
-        let (outcome, diff) = run.agent(agent_policy, &args.agent, prepared.ready.read_only)?;
-        exit_code = outcome.exit_code;
-        phases.push(outcome);
-        diff_result = Some(diff);
-    }
-    run.shared.audit.sync(std::time::Duration::from_secs(5));
-    for file in ["audit.jsonl", "diff.patch"] {
-        if output::redact_file(&out.join(file), &run.shared.redact)? {
-            let warning = format!("{file}: contained a secret value, now replaced by ***");
-            eprintln!("tollgate: warning: {warning}");
-            warnings.push(warning);
-        }
-    }
-    let result = RunResult {
-        env: run.environment.name.clone(),
-        repo: prepared.ready.checked_out,
-        cache: CacheResult { status, key },
-        phases,
-        diff: diff_result,
-        exit_code,
-        warnings,
-    };
-    result.write(&out)?;
-    print_summary(&result, &out);
-    Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(1)))
 }
 
 /// The first phase's result and what the agent needs.
 struct Preparation {
-    phase: Outcome,
+    phase: PhaseOutcome,
     warnings: Vec<String>,
     ready: Ready,
 }
@@ -168,38 +163,46 @@ struct Ready {
 }
 
 impl Run {
+    fn notice(&self, text: String) {
+        (self.shared.events)(Event::Notice(text));
+    }
+
+    fn warn(&self, text: String) {
+        (self.shared.events)(Event::Warning(text));
+    }
+
     /// Setup, or on a cache hit maintenance; returns the cache status.
     fn prepare(
         &self,
         store: &SnapshotStore,
         key: &str,
         revision: &Target,
-    ) -> Result<(&'static str, Preparation)> {
+    ) -> Result<(&'static str, Preparation), RunError> {
         let env_name = &self.environment.name;
         let ttl = self.environment.cache.ttl;
         if !self.environment.cache.enabled() {
-            eprintln!("tollgate: cache: disabled (cache.ttl: 0): running setup");
+            self.notice("cache: disabled (cache.ttl: 0): running setup".to_owned());
             return Ok(("disabled", self.setup(revision, None)?));
         }
         if let Some(snapshot) = store.lookup(env_name, key, ttl)? {
-            eprintln!(
-                "tollgate: cache: hit (key {}, made {} ago): resuming it; setup skipped",
+            self.notice(format!(
+                "cache: hit (key {}, made {} ago): resuming it; setup skipped",
                 short(key),
                 humantime::format_duration(round_secs(snapshot.meta.age()))
-            );
+            ));
             return Ok(("hit", self.maintenance(revision, snapshot)?));
         }
         let build = store.try_build(env_name, key)?;
         match &build {
-            Some(_) => eprintln!(
-                "tollgate: cache: miss (key {}): running setup; its result is cached for {}",
+            Some(_) => self.notice(format!(
+                "cache: miss (key {}): running setup; its result is cached for {}",
                 short(key),
                 humantime::format_duration(ttl)
-            ),
-            None => eprintln!(
-                "tollgate: cache: miss (key {}), and another run is building this snapshot: this run sets up without caching",
+            )),
+            None => self.notice(format!(
+                "cache: miss (key {}), and another run is building this snapshot: this run sets up without caching",
                 short(key)
-            ),
+            )),
         }
         let publish = build.map(|lock| (store, lock, key));
         Ok(("miss", self.setup(revision, publish)?))
@@ -211,21 +214,20 @@ impl Run {
         &self,
         revision: &Target,
         publish: Option<(&SnapshotStore, BuildLock, &str)>,
-    ) -> Result<Preparation> {
+    ) -> Result<Preparation, RunError> {
         let setup_dir = self.layers.prepare("setup")?;
         let upper = self.layers.upper("setup");
         let checked_out = self.check_out(revision, &upper.join(&self.workspace))?;
-        let script = setup_script(&self.environment, &upper.join(&self.workspace))?;
+        let script = self.setup_script(&upper.join(&self.workspace))?;
         let (phase, mut warnings) =
             self.run_script("setup", &script, setup_dir, Vec::new(), Vec::new())?;
-        warnings.extend(secret_warnings(&upper, &self.secrets));
+        warnings.extend(self.secret_warnings(&upper));
         let mut ready = Ready {
             checked_out,
             read_only: vec![upper.clone()],
             _snapshot: None,
         };
-        if let (true, Some((store, lock, key))) = (phase.succeeded() && !phase.interrupted, publish)
-        {
+        if let (true, Some((store, lock, key))) = (phase.succeeded(), publish) {
             let meta = Meta {
                 env: self.environment.name.clone(),
                 key: key.to_owned(),
@@ -236,12 +238,13 @@ impl Run {
             };
             match store.publish(lock, &upper, &self.layers.staging(), meta)? {
                 Some(snapshot) => {
-                    eprintln!("tollgate: cache: published snapshot {}", short(key));
+                    self.notice(format!("cache: published snapshot {}", short(key)));
                     ready.read_only = vec![snapshot.layer.clone()];
                     ready._snapshot = Some(snapshot);
                 }
-                None => eprintln!(
-                    "tollgate: cache: an expired snapshot of this key is still in use: not replaced; this run continues uncached"
+                None => self.notice(
+                    "cache: an expired snapshot of this key is still in use: not replaced; this run continues uncached"
+                        .to_owned(),
                 ),
             }
         }
@@ -256,42 +259,29 @@ impl Run {
     /// first fetches and checks out the task's revision from a host-side
     /// mirror (git runs inside, on the snapshot's untrusted workspace),
     /// then runs the `maintenance` script.
-    fn maintenance(&self, target: &Target, snapshot: Snapshot) -> Result<Preparation> {
+    fn maintenance(&self, target: &Target, snapshot: Snapshot) -> Result<Preparation, RunError> {
         let dir = self.layers.prepare("maintenance")?;
-        let mirror = self.layers.mirror();
-        let checked_out = CheckedOut {
-            source: self.source.clone(),
-            name: self.name.clone(),
-            commit: target.commit.clone(),
-            branch: target.branch.clone(),
-        };
-        eprintln!(
-            "tollgate: checking out {}{} in /workspace/{} (maintenance)",
+        let checked_out = self.checked_out(target);
+        self.notice(format!(
+            "checking out {}{} in /workspace/{} (maintenance)",
             target.commit,
-            target
-                .branch
-                .as_deref()
-                .map(|b| format!(" ({b})"))
-                .unwrap_or_default(),
+            branch_suffix(target),
             self.name
-        );
+        ));
         let script = format!(
             "{}\n{}",
             checkout::update_script(target, Path::new(MIRROR_INSIDE)),
             self.environment.maintenance.clone().unwrap_or_default()
         );
         let binds = vec![Bind {
-            host: mirror,
+            host: self.layers.mirror(),
             sandbox: PathBuf::from(MIRROR_INSIDE),
             read_only: true,
         }];
         let read_only = vec![snapshot.layer.clone()];
         let (phase, mut warnings) =
             self.run_script("maintenance", &script, dir, read_only, binds)?;
-        warnings.extend(secret_warnings(
-            &self.layers.upper("maintenance"),
-            &self.secrets,
-        ));
+        warnings.extend(self.secret_warnings(&self.layers.upper("maintenance")));
         Ok(Preparation {
             phase,
             warnings,
@@ -303,12 +293,63 @@ impl Run {
         })
     }
 
+    /// The agent (when setup succeeded and there is one), then result.json.
+    fn finish(
+        self,
+        prepared: Preparation,
+        status: &'static str,
+        key: String,
+        agent_policy: Arc<Policy>,
+        agent: &[String],
+    ) -> Result<RunResult, RunError> {
+        let mut warnings = prepared.warnings;
+        let first = prepared.phase;
+        let mut exit_code = first.exit_code;
+        let mut diff_result = None;
+        let mut agent_outcome = None;
+        if !first.succeeded() {
+            self.notice(phase_failure(&first));
+            exit_code = if exit_code == 0 { 1 } else { exit_code };
+        } else if agent.is_empty() {
+            self.notice(format!(
+                "no agent command given (after --): the run stops after {}",
+                first.name
+            ));
+        } else {
+            let (outcome, diff) = self.agent(agent_policy, agent, prepared.ready.read_only)?;
+            exit_code = outcome.exit_code;
+            agent_outcome = Some(outcome);
+            diff_result = Some(diff);
+        }
+        let out = &self.shared.out;
+        self.shared.audit.sync(Duration::from_secs(5));
+        for file in ["audit.jsonl", "diff.patch"] {
+            if output::redact_file(&out.join(file), &self.shared.redact)? {
+                let warning = format!("{file}: contained a secret value, now replaced by ***");
+                self.warn(warning.clone());
+                warnings.push(warning);
+            }
+        }
+        let result = RunResult {
+            env: self.environment.name.clone(),
+            repo: prepared.ready.checked_out,
+            cache: CacheResult { status, key },
+            phases: [first].into_iter().chain(agent_outcome).collect(),
+            diff: diff_result,
+            exit_code,
+            warnings,
+            out: out.clone(),
+        };
+        result.write(out)?;
+        Ok(result)
+    }
+
     /// Clones the host's mirror at `target` into `dest` (in the setup
     /// layer), with `origin` pointing at the real source.
-    fn check_out(&self, target: &Target, dest: &Path) -> Result<CheckedOut> {
+    fn check_out(&self, target: &Target, dest: &Path) -> Result<CheckedOut, RunError> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+                .map_err(RunError::io(format!("cannot create {}", parent.display())))?;
         }
         let revision = match &target.branch {
             Some(branch) => Revision::Branch(branch.clone()),
@@ -317,23 +358,36 @@ impl Run {
         let mirror = self.layers.mirror();
         checkout::clone_into(&mirror.to_string_lossy(), &revision, dest)?;
         checkout::set_origin(dest, &self.source)?;
-        eprintln!(
-            "tollgate: checked out {} at {}{} into /workspace/{}",
+        self.notice(format!(
+            "checked out {} at {}{} into /workspace/{}",
             self.source,
             target.commit,
-            target
-                .branch
-                .as_deref()
-                .map(|b| format!(" ({b})"))
-                .unwrap_or_default(),
+            branch_suffix(target),
             self.name
-        );
-        Ok(CheckedOut {
+        ));
+        Ok(self.checked_out(target))
+    }
+
+    fn checked_out(&self, target: &Target) -> CheckedOut {
+        CheckedOut {
             source: self.source.clone(),
             name: self.name.clone(),
             commit: target.commit.clone(),
             branch: target.branch.clone(),
-        })
+        }
+    }
+
+    /// The environment's setup script, or the automatic one from lock files.
+    fn setup_script(&self, workspace: &Path) -> Result<String, RunError> {
+        if let Some(script) = &self.environment.setup {
+            return Ok(script.clone());
+        }
+        let auto = AutoSetup::detect(workspace).map_err(RunError::io(format!(
+            "cannot look for lock files in {}",
+            workspace.display()
+        )))?;
+        self.notice(format!("no `setup` in the environment: {}", auto.summary()));
+        Ok(auto.script())
     }
 
     /// Runs `script` with bash -e, env and secrets, and the setup policy.
@@ -344,22 +398,17 @@ impl Run {
         writable: PathBuf,
         read_only: Vec<PathBuf>,
         binds: Vec<Bind>,
-    ) -> Result<(Outcome, Vec<String>)> {
-        let mut files = self.files.clone();
-        files.push(NewFile {
-            sandbox: PathBuf::from(SETUP_SCRIPT),
-            bytes: script.as_bytes().to_vec(),
-        });
+    ) -> Result<(PhaseOutcome, Vec<String>), RunError> {
         let plan = Plan {
             name,
-            policy: phase_policy(&self.environment.internet.setup, self.intercepting)?,
+            policy: self.setup_policy.clone(),
             command: vec![
                 "bash".into(),
                 "-c".into(),
                 format!("{READ_BASHRC}; exec bash -e {SETUP_SCRIPT}"),
             ],
             env: with_secrets(&self.env, &self.secrets),
-            files,
+            files: vec![NewFile::new(SETUP_SCRIPT, script)],
             binds,
             read_only,
             writable,
@@ -371,16 +420,16 @@ impl Run {
     /// The agent phase on `read_only`, then its diff.
     fn agent(
         &self,
-        policy: Policy,
+        policy: Arc<Policy>,
         command: &[String],
         read_only: Vec<PathBuf>,
-    ) -> Result<(Outcome, DiffResult)> {
+    ) -> Result<(PhaseOutcome, DiffResult), RunError> {
         let plan = Plan {
             name: "agent",
             policy,
             command: agent_command(command),
             env: self.env.clone(),
-            files: self.files.clone(),
+            files: Vec::new(),
             binds: Vec::new(),
             read_only: read_only.clone(),
             writable: self.layers.prepare("agent")?,
@@ -408,63 +457,66 @@ impl Run {
             },
         ))
     }
-}
 
-/// Where maintenance finds the host's mirror of the repo.
-const MIRROR_INSIDE: &str = "/run/tollgate/origin.git";
+    /// Files setup left with a secret value in them: named, never shown.
+    fn secret_warnings(&self, upper: &Path) -> Vec<String> {
+        if self.secrets.is_empty() {
+            return Vec::new();
+        }
+        let values: Vec<(String, Vec<u8>)> = self
+            .secrets
+            .iter()
+            .map(|s| (s.name.clone(), s.value().as_bytes().to_vec()))
+            .collect();
+        let report = secrets::scan_tree(upper, &values);
+        let warnings: Vec<String> = report
+            .findings
+            .iter()
+            .map(|f| {
+                format!(
+                    "/{} contains the value of secret {}: the agent can read it (setup wrote it)",
+                    f.path.display(),
+                    f.secret
+                )
+            })
+            .collect();
+        for warning in &warnings {
+            self.warn(warning.clone());
+        }
+        warnings
+    }
+}
 
 fn short(key: &str) -> &str {
     key.get(..12).unwrap_or(key)
 }
 
-fn round_secs(d: std::time::Duration) -> std::time::Duration {
-    std::time::Duration::from_secs(d.as_secs())
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
 }
 
-fn revision(args: &RunArgs) -> Revision {
-    match (&args.branch, &args.commit) {
-        (Some(branch), _) => Revision::Branch(branch.clone()),
-        (None, Some(commit)) => Revision::Commit(commit.clone()),
-        (None, None) => Revision::Default,
-    }
+fn branch_suffix(target: &Target) -> String {
+    target
+        .branch
+        .as_deref()
+        .map(|b| format!(" ({b})"))
+        .unwrap_or_default()
 }
 
-/// A phase's policy: a file, or inline in the environment file.
-fn phase_policy(policy: &PhasePolicy, intercepting: bool) -> Result<Policy> {
+/// A phase's policy: a file, or inline in the environment file (compiled
+/// when the environment was read).
+fn phase_policy(policy: &PhasePolicy, intercepting: bool) -> Result<Arc<Policy>, RunError> {
     let policy = match policy {
         // A file, never a built-in name: `{file: off}` must not quietly
         // mean the built-in policy when ./off is missing.
-        PhasePolicy::File(path) if !path.is_file() => bail!(
-            "policy file {} (from the environment's `internet`): no such file; give an existing path (relative to the environment file)",
-            path.display()
-        ),
-        PhasePolicy::File(path) => Policy::load(&path.to_string_lossy())?,
-        PhasePolicy::Inline { origin, yaml } => Policy::from_yaml(origin, yaml)?,
+        PhasePolicy::File(path) if !path.is_file() => {
+            return Err(RunError::PolicyFileMissing(path.clone()))
+        }
+        PhasePolicy::File(path) => Arc::new(Policy::load(&path.to_string_lossy())?),
+        PhasePolicy::Inline(policy) => policy.clone(),
     };
     policy.check_enforceable(intercepting)?;
     Ok(policy)
-}
-
-/// The environment's setup script, or the automatic one from lock files.
-fn setup_script(environment: &Environment, workspace: &Path) -> Result<String> {
-    if let Some(script) = &environment.setup {
-        return Ok(script.clone());
-    }
-    let auto = AutoSetup::detect(workspace)
-        .with_context(|| format!("cannot look for lock files in {}", workspace.display()))?;
-    eprintln!(
-        "tollgate: no `setup` in the environment: {}",
-        auto.summary()
-    );
-    Ok(auto.script())
-}
-
-/// Every phase's variables: the sandbox's (proxy, CA), then the
-/// environment file's `env`.
-fn phase_environment(environment: &Environment, intercepting: bool) -> Vec<(String, String)> {
-    let mut env = exec::sandbox_environment(intercepting);
-    env.extend(environment.env.iter().cloned());
-    env
 }
 
 fn with_secrets(env: &[(String, String)], secrets: &[Secret]) -> Vec<(String, String)> {
@@ -505,34 +557,12 @@ fn redactions(secrets: &[Secret]) -> Vec<Vec<u8>> {
     values
 }
 
-/// Files setup left with a secret value in them: named, never shown.
-fn secret_warnings(upper: &Path, secrets: &[Secret]) -> Vec<String> {
-    if secrets.is_empty() {
-        return Vec::new();
-    }
-    let values: Vec<(String, Vec<u8>)> = secrets
-        .iter()
-        .map(|s| (s.name.clone(), s.value().as_bytes().to_vec()))
-        .collect();
-    let report = secrets::scan_tree(upper, &values);
-    let warnings: Vec<String> = report
-        .findings
-        .iter()
-        .map(|f| {
-            format!(
-                "/{} contains the value of secret {}: the agent can read it (setup wrote it)",
-                f.path.display(),
-                f.secret
-            )
-        })
-        .collect();
-    for warning in &warnings {
-        eprintln!("tollgate: warning: {warning}");
-    }
-    warnings
+/// Sends every audit record to `events` as it is written.
+fn decisions_to(events: EventSink) -> tollgate_proxy::audit::Observer {
+    Arc::new(move |record| events(Event::Decision(Box::new(record.clone()))))
 }
 
-fn phase_failure(setup: &Outcome) -> String {
+fn phase_failure(setup: &PhaseOutcome) -> String {
     let why = if setup.interrupted {
         "was interrupted".to_owned()
     } else if setup.timed_out {
@@ -546,22 +576,7 @@ fn phase_failure(setup: &Outcome) -> String {
         format!("exited with {}", setup.exit_code)
     };
     format!(
-        "tollgate: {} {why}: the agent did not run; see {} (set -e: the first failing command ends the script)",
+        "{} {why}: the agent did not run; see {} (set -e: the first failing command ends the script)",
         setup.name, setup.log
     )
-}
-
-fn print_summary(result: &RunResult, out: &Path) {
-    for phase in &result.phases {
-        eprintln!(
-            "tollgate: {}: exit {} in {:.1}s",
-            phase.name,
-            phase.exit_code,
-            phase.duration_ms as f64 / 1000.0
-        );
-    }
-    if let Some(diff) = &result.diff {
-        eprintln!("tollgate: diff: {} file(s) changed", diff.files_changed);
-    }
-    eprintln!("tollgate: outputs in {}", out.display());
 }

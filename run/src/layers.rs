@@ -12,7 +12,19 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::SandboxError;
+use thiserror::Error;
+
+/// A run directory that could not be made.
+#[derive(Debug, Error)]
+#[error("{what}: {source}")]
+pub struct LayerError {
+    what: String,
+    source: std::io::Error,
+}
+
+fn layer_error(what: String) -> impl FnOnce(std::io::Error) -> LayerError {
+    move |source| LayerError { what, source }
+}
 
 /// The directories of one run; removed (with whatever is left in them)
 /// when dropped.
@@ -25,12 +37,12 @@ pub struct RunLayers {
 impl RunLayers {
     /// A fresh, private (0700) run directory under `runs`, after removing
     /// those of runs whose tollgate process is gone.
-    pub fn create(runs: &Path) -> Result<RunLayers, SandboxError> {
+    pub fn create(runs: &Path) -> Result<RunLayers, LayerError> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(runs)
-            .map_err(SandboxError::io(format!("create {}", runs.display())))?;
+            .map_err(layer_error(format!("create {}", runs.display())))?;
         remove_abandoned(runs);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -40,7 +52,7 @@ impl RunLayers {
         DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(SandboxError::io(format!("create {}", dir.display())))?;
+            .map_err(layer_error(format!("create {}", dir.display())))?;
         Ok(RunLayers { dir, id })
     }
 
@@ -51,7 +63,7 @@ impl RunLayers {
 
     /// Creates `<phase>/upper` and `<phase>/work`; returns `<phase>`, the
     /// directory a sandbox's writable layer lives in.
-    pub fn prepare(&self, phase: &str) -> Result<PathBuf, SandboxError> {
+    pub fn prepare(&self, phase: &str) -> Result<PathBuf, LayerError> {
         let dir = self.dir.join(phase);
         for sub in ["upper", "work"] {
             let path = dir.join(sub);
@@ -59,7 +71,7 @@ impl RunLayers {
                 .recursive(true)
                 .mode(0o700)
                 .create(&path)
-                .map_err(SandboxError::io(format!("create {}", path.display())))?;
+                .map_err(layer_error(format!("create {}", path.display())))?;
         }
         Ok(dir)
     }

@@ -1,4 +1,5 @@
-//! The state directory (DESIGN.md "Commands"): holds the CA and the cache.
+//! The state directory (DESIGN.md "Commands"): holds the CA, the cache and
+//! the layers of runs in progress.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,17 @@ impl StateDir {
     /// The default CA directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.0.join("certs")
+    }
+
+    /// Directories no sandbox may see: the state dir itself (the CA key,
+    /// snapshots, the layers of runs) and a CA kept elsewhere, as they are
+    /// on the host (symlinks resolved: masks apply to real paths).
+    pub fn private_dirs(&self, ca_dir: Option<&Path>) -> Vec<PathBuf> {
+        let mut dirs = vec![self.root().to_path_buf(), self.ca_dir()];
+        dirs.extend(ca_dir.map(Path::to_path_buf));
+        dirs.into_iter()
+            .filter_map(|dir| std::fs::canonicalize(dir).ok())
+            .collect()
     }
 }
 

@@ -31,22 +31,20 @@
 //! that means to leak a secret: that script holds the value and may use the
 //! setup phase's network policy.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use memchr::memmem::Finder;
-use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
 use nix::libc::off_t;
-use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use nix::unistd::{lseek, Whence};
+
+use crate::tree::{Kind, Tree};
 
 /// What a secret value is replaced with (GitHub Actions' convention).
 const MASK: &[u8] = b"***";
@@ -219,59 +217,23 @@ pub struct ScanReport {
 
 /// Files under `root` (a host directory tree that is untrusted content) that
 /// contain a secret value: returns (path relative to root, secret NAME) pairs
-/// — never the value. Never follows symlinks (lstat; a symlink's target text
-/// is checked as content too), never opens FIFOs/devices/sockets (no hang),
-/// reads regular files in bounded chunks with overlap so a value split across
-/// chunk boundaries is found, does not stop on unreadable entries (collects
-/// them as `skipped`).
-///
-/// Entries are opened relative to their parent directory's descriptor with
-/// `O_NOFOLLOW`, and a file's type is checked again on the open descriptor,
-/// so swapping an entry for a symlink or a FIFO while the scan runs cannot
-/// redirect or stall it either. Empty values are ignored.
+/// — never the value. The tree is read through [`Tree`]: no symlink is ever
+/// followed (a symlink's target text is checked as content too), FIFOs,
+/// devices and sockets are never opened (no hang), and an entry swapped for
+/// something else while the scan runs is refused, not followed. Regular
+/// files are read in bounded chunks with overlap, so a value split across
+/// chunk boundaries is found. Unreadable entries do not stop the scan: they
+/// are collected as `skipped`. Empty values are ignored.
 pub fn scan_tree(root: &Path, secrets: &[(String, Vec<u8>)]) -> ScanReport {
     let mut scan = Scan::new(secrets);
     if scan.needles.is_empty() {
         return ScanReport::default();
     }
-    match open_root(root) {
-        Ok(dir) => scan.walk(dir),
-        Err(error) => scan.skip(Path::new("."), error),
+    match Tree::open(root, &root.display().to_string()) {
+        Ok(tree) => scan.walk(&tree),
+        Err(error) => scan.skip(Path::new("."), &error.to_string()),
     }
     scan.finish()
-}
-
-/// What an entry is, from its own metadata (never a symlink's target's).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    File,
-    Symlink,
-    /// FIFOs, sockets and devices (overlayfs whiteouts are character
-    /// devices): nothing stored to read, and opening one may block.
-    Other,
-}
-
-fn kind(stat: &FileStat) -> Kind {
-    let format = stat.st_mode & SFlag::S_IFMT.bits();
-    if format == SFlag::S_IFDIR.bits() {
-        Kind::Dir
-    } else if format == SFlag::S_IFREG.bits() {
-        Kind::File
-    } else if format == SFlag::S_IFLNK.bits() {
-        Kind::Symlink
-    } else {
-        Kind::Other
-    }
-}
-
-/// A directory still to be read. It is opened relative to its parent, which
-/// stays open only while it has such directories pending: open descriptors
-/// are bounded by the tree's depth, not its width.
-struct Pending {
-    parent: Rc<Dir>,
-    name: CString,
-    path: PathBuf,
 }
 
 /// One scan's state: the values looked for and the report so far.
@@ -285,6 +247,13 @@ struct Scan<'a> {
     /// Read buffer, reused for every file.
     buf: Vec<u8>,
     report: ScanReport,
+}
+
+/// A directory still to be read: its path in the tree, and the path shown
+/// for it (secret values in names as `***`).
+struct Pending {
+    path: PathBuf,
+    shown: PathBuf,
 }
 
 impl<'a> Scan<'a> {
@@ -305,105 +274,70 @@ impl<'a> Scan<'a> {
 
     /// Depth first, with an explicit stack: a deep tree cannot overflow the
     /// thread's stack.
-    fn walk(&mut self, root: Dir) {
-        let mut stack = Vec::new();
-        self.read_dir(root, PathBuf::new(), &mut stack);
-        while let Some(Pending { parent, name, path }) = stack.pop() {
-            let opened = open_subdir(&parent, &name);
-            drop(parent);
-            match opened {
-                Ok(dir) => self.read_dir(dir, path, &mut stack),
-                Err(error) => self.skip(&path, error),
-            }
-        }
-    }
-
-    fn read_dir(&mut self, mut dir: Dir, path: PathBuf, stack: &mut Vec<Pending>) {
-        let names = self.list(&mut dir, &path);
-        let dir = Rc::new(dir);
-        for name in names {
-            let entry_path = path.join(self.shown(&name));
-            self.entry(&dir, name, entry_path, stack);
-        }
-    }
-
-    /// The entry names of `dir`, without `.` and `..`. A read error ends the
-    /// listing and marks the directory as skipped (what was listed is still
-    /// scanned).
-    fn list(&mut self, dir: &mut Dir, path: &Path) -> Vec<CString> {
-        let mut names = Vec::new();
-        for entry in dir.iter() {
-            match entry {
-                Ok(entry) => {
-                    let name = entry.file_name();
-                    if name != c"." && name != c".." {
-                        names.push(name.to_owned());
-                    }
-                }
+    fn walk(&mut self, tree: &Tree) {
+        let mut stack = vec![Pending {
+            path: PathBuf::new(),
+            shown: PathBuf::new(),
+        }];
+        while let Some(dir) = stack.pop() {
+            let names = match tree.names(&dir.path) {
+                Ok(names) => names,
                 Err(error) => {
-                    self.skip(path, error.into());
-                    break;
+                    self.skip(&dir.shown, &error.to_string());
+                    continue;
+                }
+            };
+            for name in names {
+                let entry = Pending {
+                    path: dir.path.join(&name),
+                    shown: dir.shown.join(self.shown(&name)),
+                };
+                if self.entry(tree, &name, &entry) {
+                    stack.push(entry);
                 }
             }
         }
-        names
     }
 
     /// Searches one entry's name and, by its type, its content or target;
-    /// queues a directory.
-    fn entry(&mut self, dir: &Rc<Dir>, name: CString, path: PathBuf, stack: &mut Vec<Pending>) {
+    /// true when it is a directory to read.
+    fn entry(&mut self, tree: &Tree, name: &OsStr, entry: &Pending) -> bool {
         let mut hits = vec![false; self.needles.len()];
         self.search(name.as_bytes(), &mut hits);
-        let read = self.read_entry(dir, &name, &mut hits);
-        self.record(&path, &hits);
+        let read = match tree.kind(&entry.path) {
+            Ok(Some(Kind::File { .. })) => self.scan_file(tree, &entry.path, &mut hits),
+            Ok(Some(Kind::Symlink)) => self.scan_link(tree, &entry.path, &mut hits),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        };
+        self.record(&entry.shown, &hits);
         match read {
-            Ok(Kind::Dir) => stack.push(Pending {
-                parent: Rc::clone(dir),
-                name,
-                path,
-            }),
-            Ok(_) => {}
-            Err(error) => self.skip(&path, error),
+            Ok(()) => tree
+                .kind(&entry.path)
+                .is_ok_and(|kind| kind == Some(Kind::Dir)),
+            Err(error) => {
+                self.skip(&entry.shown, &error);
+                false
+            }
         }
-    }
-
-    /// Searches a regular file's content or a symlink's target; says what
-    /// the entry is (from lstat: a symlink is never followed).
-    fn read_entry(&mut self, dir: &Dir, name: &CStr, hits: &mut [bool]) -> io::Result<Kind> {
-        let kind = kind(&fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?);
-        match kind {
-            Kind::File => self.scan_file(dir, name, hits)?,
-            Kind::Symlink => self.scan_link(dir, name, hits)?,
-            Kind::Dir | Kind::Other => {}
-        }
-        Ok(kind)
     }
 
     /// A regular file's content, one data segment at a time: holes of a
     /// sparse file (which could make a tiny file claim exabytes) are skipped.
-    fn scan_file(&mut self, dir: &Dir, name: &CStr, hits: &mut [bool]) -> io::Result<()> {
-        // O_NONBLOCK and O_NOCTTY: if the entry was swapped for a FIFO or a
-        // terminal since it was examined, opening it neither blocks nor
-        // adopts it; the check below then refuses to read it.
-        let flags = OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY
-            | OFlag::O_CLOEXEC;
-        let fd = openat(dir, name, flags, Mode::empty())?;
-        if kind(&fstat(&fd)?) != Kind::File {
-            return Err(io::Error::other(
-                "no longer a regular file when opened (changed during the scan)",
-            ));
-        }
-        let file = File::from(fd);
+    fn scan_file(&mut self, tree: &Tree, path: &Path, hits: &mut [bool]) -> Result<(), String> {
+        let Some((file, _)) = tree.open_file(path).map_err(|e| e.to_string())? else {
+            return Err("no longer a regular file when opened (changed during the scan)".into());
+        };
         let mut offset = 0;
-        while let Some(start) = seek(&file, offset, Whence::SeekData)? {
-            let end = seek(&file, start, Whence::SeekHole)?.unwrap_or(start);
+        while let Some(start) = seek(&file, offset, Whence::SeekData).map_err(|e| e.to_string())? {
+            let end = seek(&file, start, Whence::SeekHole)
+                .map_err(|e| e.to_string())?
+                .unwrap_or(start);
             if end <= start {
                 break;
             }
-            self.scan_range(&file, start, end, hits)?;
+            self.scan_range(&file, start, end, hits)
+                .map_err(|e| e.to_string())?;
             offset = end;
         }
         self.report.files_scanned += 1;
@@ -448,8 +382,8 @@ impl<'a> Scan<'a> {
     }
 
     /// A symlink's target is text the tree stores, like a file's content.
-    fn scan_link(&mut self, dir: &Dir, name: &CStr, hits: &mut [bool]) -> io::Result<()> {
-        let target = readlinkat(dir, name)?;
+    fn scan_link(&mut self, tree: &Tree, path: &Path, hits: &mut [bool]) -> Result<(), String> {
+        let target = tree.read_link(path).map_err(|e| e.to_string())?;
         self.search(target.as_bytes(), hits);
         self.report.files_scanned += 1;
         self.report.bytes_scanned += target.len() as u64;
@@ -461,8 +395,8 @@ impl<'a> Scan<'a> {
     }
 
     /// An entry name as it may be shown: any secret value in it as `***`.
-    fn shown(&mut self, name: &CStr) -> PathBuf {
-        let mut shown = self.names.push(name.to_bytes());
+    fn shown(&mut self, name: &OsStr) -> PathBuf {
+        let mut shown = self.names.push(name.as_bytes());
         shown.extend(self.names.finish());
         PathBuf::from(OsStr::from_bytes(&shown))
     }
@@ -477,7 +411,12 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn skip(&mut self, path: &Path, error: io::Error) {
+    /// `error` may name the entry's real path, which can hold a value: it
+    /// is logged with values redacted, and the report keeps the shown path.
+    fn skip(&mut self, path: &Path, error: &str) {
+        let mut error = self.names.push(error.as_bytes());
+        error.extend(self.names.finish());
+        let error = String::from_utf8_lossy(&error);
         tracing::warn!(path = %path.display(), %error, "secret scan: cannot read this entry; skipped");
         self.report.skipped.push(path.to_path_buf());
     }
@@ -500,20 +439,6 @@ fn search_all(needles: &[(&str, Finder<'static>)], hay: &[u8], hits: &mut [bool]
     }
 }
 
-/// The scan's root is the caller's own path (trusted): it may be reached
-/// through a symlink. Nothing below it is.
-fn open_root(root: &Path) -> io::Result<Dir> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    Ok(Dir::open(root, flags, Mode::empty())?)
-}
-
-/// `O_NOFOLLOW | O_DIRECTORY`: fails rather than follow an entry that was
-/// swapped for a symlink since it was examined.
-fn open_subdir(parent: &Dir, name: &CStr) -> io::Result<Dir> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    Ok(Dir::openat(parent, name, flags, Mode::empty())?)
-}
-
 /// lseek(2) with `SEEK_DATA` or `SEEK_HOLE`; `None` when there is no data at
 /// or after `offset`.
 fn seek(file: &File, offset: u64, whence: Whence) -> io::Result<Option<u64>> {
@@ -534,6 +459,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
     use std::time::Duration;
+
+    use nix::sys::stat::Mode;
 
     const VALUE: &[u8] = b"s3cr3t-VALUE-9f8e7d";
 
@@ -880,9 +807,9 @@ mod tests {
         assert!(report.skipped.is_empty());
     }
 
-    /// The race the descriptor-relative opens guard against: an entry
-    /// examined as a file or a directory is swapped for a symlink or a FIFO
-    /// before it is opened.
+    /// The race the tree's opens guard against: an entry examined as a
+    /// file or a directory is swapped for a symlink or a FIFO before it is
+    /// opened.
     #[test]
     fn opens_refuse_what_an_entry_became_after_it_was_examined() {
         let outside = Scratch::new();
@@ -891,15 +818,15 @@ mod tests {
         symlink(&leaked, tree.0.join("file")).unwrap();
         symlink(outside.0.join("dir"), tree.0.join("dir")).unwrap();
         nix::unistd::mkfifo(&tree.0.join("pipe"), Mode::from_bits_truncate(0o600)).unwrap();
-        let dir = open_root(&tree.0).unwrap();
-        assert!(open_subdir(&dir, c"dir").is_err());
+        let root = Tree::open(&tree.0, "test").unwrap();
+        assert!(root.subtree(Path::new("dir")).unwrap().is_none());
         let (done, wait) = mpsc::channel();
         std::thread::spawn(move || {
             let secrets = secrets();
             let mut scan = Scan::new(&secrets);
             let mut hits = vec![false; secrets.len()];
-            let file = scan.scan_file(&dir, c"file", &mut hits).is_err();
-            let pipe = scan.scan_file(&dir, c"pipe", &mut hits).is_err();
+            let file = scan.scan_file(&root, Path::new("file"), &mut hits).is_err();
+            let pipe = scan.scan_file(&root, Path::new("pipe"), &mut hits).is_err();
             done.send((file, pipe, hits, scan.report.bytes_scanned))
                 .unwrap();
         });

@@ -1,0 +1,225 @@
+//! An enclave: a sandbox and the proxy that is its only way out, started,
+//! supervised and stopped as one. `tollgate exec` and every phase of a run
+//! use it.
+//!
+//! The proxy runs in this process on the caller's tokio runtime and serves
+//! a listener bound inside the sandbox's network namespace, so the sandbox
+//! needs no veth, no NAT and no helper; when the enclave ends, the proxy is
+//! shut down and every connection the sandbox opened through it is closed.
+
+pub mod inside;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tollgate_certs::CertError;
+use tollgate_proxy::audit::AuditLog;
+use tollgate_proxy::policy::Policy;
+use tollgate_proxy::{ListenError, Listener, Proxy, ProxyConfig};
+use tollgate_sandbox::{
+    interrupts_come_from_a_terminal, Init, Output, Sandbox, SandboxError, Spec,
+};
+
+use crate::trust::LoadedCa;
+
+#[derive(Debug, Error)]
+pub enum EnclaveError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot build the sandbox's CA bundle: {0}")]
+    Bundle(#[from] CertError),
+    #[error("cannot handle {0}: {1}")]
+    Signals(&'static str, #[source] std::io::Error),
+    #[error("the sandbox's waiting thread panicked: a bug in tollgate")]
+    Waiter,
+}
+
+/// The proxy side of an enclave.
+pub struct Network<'a> {
+    pub policy: Arc<Policy>,
+    pub audit: AuditLog,
+    /// Stamped on audit records and refusals: `exec`, `setup`, `agent`.
+    pub phase: &'a str,
+    pub trust: Option<&'a LoadedCa>,
+    /// How long in-flight requests may finish when the enclave ends.
+    pub shutdown_grace: Duration,
+}
+
+/// How the host side watches the sandbox until its command exits.
+pub enum Supervision {
+    /// `exec`: SIGTERM and SIGHUP to tollgate are passed on to the command;
+    /// so are SIGINT and SIGQUIT unless a terminal delivers them to it
+    /// itself. The command decides when to stop.
+    ForwardSignals(HostSignals),
+    /// A run phase: past `timeout`, or once `cancel` fires, the command
+    /// gets SIGTERM, and the whole sandbox SIGKILL `grace` later.
+    Stop {
+        timeout: Option<Duration>,
+        cancel: CancellationToken,
+        grace: Duration,
+    },
+}
+
+/// Why a supervised sandbox was stopped before its command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    Timeout,
+    Cancelled,
+}
+
+/// How an enclave ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The command's status in the shell's convention (128+N for signal N).
+    pub code: i32,
+    pub stopped: Option<Stopped>,
+}
+
+/// A running sandbox and its proxy.
+pub struct Enclave {
+    sandbox: Sandbox,
+    proxy: Arc<Proxy>,
+}
+
+impl Enclave {
+    /// Starts the sandbox of `spec` — its environment and files laid over
+    /// the inside contract's — and its proxy. Must be called on a tokio
+    /// runtime, which serves the proxy.
+    pub fn start(
+        spec: Spec,
+        network: Network<'_>,
+        output: Output,
+    ) -> Result<Enclave, EnclaveError> {
+        let intercepting = network.trust.is_some();
+        let mut files = inside::files(network.trust.map(|ca| ca.cert_pem.as_str()))?;
+        files.extend(spec.files.iter().cloned());
+        let env = inside::merge(inside::environment(intercepting), spec.env.clone());
+        let spec = spec.files(files).env(env);
+        let (sandbox, listener) = Sandbox::start(spec, inside::PROXY_ADDR, output)?;
+        let config = ProxyConfig {
+            phase: Some(Arc::from(network.phase)),
+            interception: network.trust.map(|ca| ca.interception.clone()),
+            shutdown_grace: network.shutdown_grace,
+            ..ProxyConfig::default()
+        };
+        let proxy = Proxy::new(network.policy, network.audit, config);
+        tokio::spawn(Arc::clone(&proxy).serve(Listener::from_std(listener)?));
+        Ok(Enclave { sandbox, proxy })
+    }
+
+    /// Waits for the command's end as `how` says, then shuts the proxy
+    /// down (closing every connection of the sandbox) and flushes the
+    /// audit log.
+    pub async fn supervise(self, how: Supervision) -> Result<Ended, EnclaveError> {
+        let Enclave { sandbox, proxy } = self;
+        let init = sandbox.init();
+        let waiting = tokio::task::spawn_blocking(move || sandbox.wait());
+        let ended = match how {
+            Supervision::ForwardSignals(signals) => forward_signals(init, waiting, signals).await,
+            Supervision::Stop {
+                timeout,
+                cancel,
+                grace,
+            } => stop_when_asked(init, waiting, timeout, cancel, grace).await,
+        };
+        proxy.shutdown().await;
+        proxy.audit().sync(Duration::from_secs(5));
+        ended
+    }
+}
+
+type Waiting = tokio::task::JoinHandle<Result<i32, SandboxError>>;
+
+async fn finished(waiting: &mut Waiting) -> Result<i32, EnclaveError> {
+    Ok(waiting.await.map_err(|_| EnclaveError::Waiter)??)
+}
+
+/// The signals `exec` passes on to the sandbox, installed before it
+/// starts: a signal that arrives while it starts is held for it instead of
+/// killing tollgate and the sandbox with it.
+pub struct HostSignals {
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl HostSignals {
+    /// Must be called on a tokio runtime.
+    pub fn install() -> Result<HostSignals, EnclaveError> {
+        let handle = |name, kind| signal(kind).map_err(|e| EnclaveError::Signals(name, e));
+        Ok(HostSignals {
+            terminate: handle("SIGTERM", SignalKind::terminate())?,
+            hangup: handle("SIGHUP", SignalKind::hangup())?,
+            interrupt: handle("SIGINT", SignalKind::interrupt())?,
+            quit: handle("SIGQUIT", SignalKind::quit())?,
+        })
+    }
+}
+
+async fn forward_signals(
+    init: Init,
+    mut waiting: Waiting,
+    mut signals: HostSignals,
+) -> Result<Ended, EnclaveError> {
+    loop {
+        tokio::select! {
+            result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None }),
+            _ = signals.terminate.recv() => pass_on(init, Signal::SIGTERM),
+            _ = signals.hangup.recv() => pass_on(init, Signal::SIGHUP),
+            _ = signals.interrupt.recv() => pass_on_unless_terminal(init, Signal::SIGINT),
+            _ = signals.quit.recv() => pass_on_unless_terminal(init, Signal::SIGQUIT),
+        }
+    }
+}
+
+/// Sends `signal` to the sandbox's init off the async workers: delivery may
+/// wait (briefly) for init to install its handlers.
+fn pass_on(init: Init, signal: Signal) {
+    tokio::task::spawn_blocking(move || init.signal(signal));
+}
+
+fn pass_on_unless_terminal(init: Init, signal: Signal) {
+    if !interrupts_come_from_a_terminal() {
+        pass_on(init, signal);
+    }
+}
+
+/// Waits for the command; past the timeout, or when cancelled, asks it to
+/// stop and then kills it.
+async fn stop_when_asked(
+    init: Init,
+    mut waiting: Waiting,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+    grace: Duration,
+) -> Result<Ended, EnclaveError> {
+    let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX));
+    tokio::pin!(deadline);
+    let stopped = tokio::select! {
+        result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None }),
+        () = &mut deadline, if timeout.is_some() => Stopped::Timeout,
+        () = cancel.cancelled() => Stopped::Cancelled,
+    };
+    // SIGTERM to the command (through init); SIGKILL to the whole sandbox
+    // if it is still there after the grace period. Init stays our unreaped
+    // child until `waiting` ends, so its PID cannot be reused meanwhile.
+    tokio::task::spawn_blocking(move || init.signal(Signal::SIGTERM));
+    let code = match tokio::time::timeout(grace, finished(&mut waiting)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            init.kill();
+            finished(&mut waiting).await?
+        }
+    };
+    Ok(Ended {
+        code,
+        stopped: Some(stopped),
+    })
+}

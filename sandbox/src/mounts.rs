@@ -1,0 +1,155 @@
+//! Mount helpers every part of the root filesystem uses: targets created
+//! without following symlinks, bind mounts of host paths, read-only
+//! remounts, and masks that hide directories of the base.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+use crate::spec::Bind;
+use crate::SandboxError;
+
+/// The `None` of an absent mount(2) argument, typed.
+pub(crate) fn none() -> Option<&'static str> {
+    None
+}
+
+/// What a mount target should be when it has to be created.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetKind {
+    Dir,
+    File,
+}
+
+/// `path` under `root`, created if missing, without following a symlink
+/// anywhere on the way: before the pivot, a symlink in the base that points
+/// at `/etc/x` means the host's /etc/x, and a mount or a write through it
+/// would land on the host.
+pub(crate) fn safe_target(
+    root: &Path,
+    path: &Path,
+    kind: TargetKind,
+) -> Result<PathBuf, SandboxError> {
+    let relative: Vec<_> = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    let mut current = root.to_path_buf();
+    for (i, part) in relative.iter().enumerate() {
+        current.push(part);
+        let last = i + 1 == relative.len();
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(SandboxError::SymlinkTarget(path.to_owned()))
+            }
+            Ok(_) => {}
+            Err(_) if last && kind == TargetKind::File => fs::write(&current, b"")
+                .map_err(SandboxError::io(format!("create {}", path.display())))?,
+            Err(_) => fs::create_dir(&current)
+                .map_err(SandboxError::io(format!("create {}", path.display())))?,
+        }
+    }
+    Ok(current)
+}
+
+/// Host directories bound in, read-only when asked.
+pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
+    for bind in binds {
+        let kind = if bind.host.is_dir() {
+            TargetKind::Dir
+        } else {
+            TargetKind::File
+        };
+        let target = safe_target(root, &bind.sandbox, kind)?;
+        let step = format!("bind {} to {}", bind.host.display(), bind.sandbox.display());
+        mount(
+            Some(&bind.host),
+            &target,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none(),
+        )
+        .map_err(SandboxError::setup(step.clone()))?;
+        if bind.read_only {
+            let flags = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV;
+            mount(none(), &target, none(), flags, none())
+                .map_err(SandboxError::setup(format!("{step} read-only")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Hides each existing directory of `paths` under an empty, read-only tmpfs.
+pub fn mask(root: &Path, paths: &[PathBuf]) -> Result<(), SandboxError> {
+    for path in paths {
+        let under_root = root.join(path.strip_prefix("/").unwrap_or(path));
+        if !fs::symlink_metadata(&under_root).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let target = safe_target(root, path, TargetKind::Dir)?;
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0000,size=4k"),
+        )
+        .map_err(SandboxError::setup(format!("hide {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Binds `path` onto itself and remounts the bind read-only.
+pub(crate) fn read_only_bind(path: &Path) -> nix::Result<()> {
+    mount(
+        Some(path),
+        path,
+        none(),
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none(),
+    )?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(none(), path, none(), flags, none())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn targets_are_created_under_the_root_and_never_through_symlinks() {
+        let root = std::env::temp_dir().join(format!("tollgate-target-{}", std::process::id()));
+        let outside = root.with_extension("outside");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, root.join("etc/linked")).unwrap();
+        let made = safe_target(&root, Path::new("/../data/x"), TargetKind::File).unwrap();
+        assert_eq!(made, root.join("data/x"));
+        assert!(made.is_file());
+        for path in ["/etc/linked", "/etc/linked/file"] {
+            assert!(matches!(
+                safe_target(&root, Path::new(path), TargetKind::File),
+                Err(SandboxError::SymlinkTarget(_))
+            ));
+        }
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "wrote through the symlink"
+        );
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+}

@@ -1,0 +1,52 @@
+//! /proc for the sandbox's PID namespace: it shows only the sandbox's
+//! processes, and nothing in it can change the host.
+
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+
+use crate::mounts::{none, read_only_bind, safe_target, TargetKind};
+use crate::SandboxError;
+
+/// Parts of /proc that act on the whole host, not the sandbox's namespaces:
+/// made read-only (the list Docker and runc use). The sandbox's root has no
+/// capabilities but still owns them, and kernel.core_pattern or
+/// sysrq-trigger written from inside would act on the host.
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// Files of /proc that leak host memory or keys: hidden behind /dev/null.
+const PROC_HIDDEN: [&str; 5] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+];
+
+/// A fresh /proc for the sandbox's PID namespace: it shows only the
+/// sandbox's processes, and nothing in it can change the host.
+pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
+    let target = safe_target(root, Path::new("/proc"), TargetKind::Dir)?;
+    mount(
+        Some("proc"),
+        &target,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none(),
+    )
+    .map_err(SandboxError::setup("mount /proc"))?;
+    for name in PROC_READ_ONLY {
+        let path = target.join(name);
+        if path.exists() {
+            read_only_bind(&path)
+                .map_err(SandboxError::setup(format!("make /proc/{name} read-only")))?;
+        }
+    }
+    for name in PROC_HIDDEN {
+        let path = target.join(name);
+        if path.is_file() {
+            mount(Some("/dev/null"), &path, none(), MsFlags::MS_BIND, none())
+                .map_err(SandboxError::setup(format!("hide /proc/{name}")))?;
+        }
+    }
+    Ok(())
+}
