@@ -928,8 +928,14 @@ echo "BASHRC ${FROM_BASHRC:-unset}"
     let agent_log = run.expect_file("agent.log");
     assert!(setup_log.contains("SETUP_GREETING hello"), "{setup_log}");
     assert!(agent_log.contains("AGENT_GREETING hello"), "{agent_log}");
-    assert_eq!(setup_log.lines().collect::<Vec<_>>(), run.phase_text("setup"));
-    assert_eq!(agent_log.lines().collect::<Vec<_>>(), run.phase_text("agent"));
+    assert_eq!(
+        setup_log.lines().collect::<Vec<_>>(),
+        run.phase_text("setup")
+    );
+    assert_eq!(
+        agent_log.lines().collect::<Vec<_>>(),
+        run.phase_text("agent")
+    );
     assert!(setup_log.lines().all(|line| strip_stamp(line).is_none()));
 }
 
