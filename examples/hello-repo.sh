@@ -1,8 +1,15 @@
 #!/bin/sh
-# Makes a tiny git repository for the `tollgate run` quick start (README)
-# in a new temporary directory, and prints its path.
+# Makes the tiny git repository of the `tollgate run` quick start (README)
+# and prints its path. It lives in your cache directory and is made once:
+# run again, it prints the same path, so a second `tollgate run` on it
+# resumes the cached setup.
 set -eu
-dir="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-hello.XXXXXX")/hello"
+dir="${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/hello"
+if git -C "$dir" rev-parse -q --verify HEAD >/dev/null 2>&1; then
+    echo "$dir"
+    exit 0
+fi
+rm -rf "$dir"
 mkdir -p "$dir"
 cd "$dir"
 git init -q -b main
