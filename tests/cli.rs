@@ -7,17 +7,6 @@ use std::process::{Command, Output};
 
 use common::{Scratch, BIN};
 
-fn tollgate(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn help_is_useful_on_its_own() {
     let (out, _) = text(&tollgate(&["--help"]));
@@ -213,4 +202,20 @@ fn audit_mode_policies_report_would_deny() {
     let (stdout, _) = text(&out);
     assert!(stdout.starts_with("would_deny"), "{stdout}");
     assert_eq!(out.status.code(), Some(1));
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of this file
+
+/// `tollgate ARGS` to its end.
+fn tollgate(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// (stdout, stderr) as text.
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

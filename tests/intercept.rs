@@ -7,84 +7,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-
-struct Ca {
-    dir: Scratch,
-}
-
-impl Ca {
-    fn init() -> Ca {
-        let dir = Scratch::new("ca");
-        let out = Command::new(BIN)
-            .args(["ca", "init", "--dir"])
-            .arg(dir.path("ca"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ca { dir }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.dir.path("ca")
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir().join("ca.crt")
-    }
-}
-
-fn policy_for(port: u16) -> String {
-    format!(
-        r#"version: 1
-mode: limited
-allow:
-  - host: allowed.test
-    methods: [GET, HEAD]
-    paths: ["/public/**"]
-    ports: [{port}]
-  - host: 127.0.0.1
-    methods: [GET]
-    ports: [{port}]
-  - host: plain.test
-    ports: [{port}]
-hosts: {{allowed.test: 127.0.0.1, plain.test: 127.0.0.1, other.test: 127.0.0.1}}
-allow_internal: [127.0.0.1/32]
-"#
-    )
-}
-
-fn intercepting_proxy(ca: &Ca, upstream: &TlsUpstream) -> Proxy {
-    Proxy::start(
-        &policy_for(upstream.port()),
-        &[
-            "--ca-dir",
-            ca.dir().to_str().unwrap(),
-            "--upstream-ca",
-            upstream.ca_pem.to_str().unwrap(),
-        ],
-    )
-}
-
-fn https(ca: &Ca, proxy: &Proxy, version: &str, extra: &[&str], url: &str) -> CurlResult {
-    let mut args = vec![
-        version,
-        "--cacert",
-        ca.cert().to_str().unwrap().to_owned().leak(),
-    ];
-    args.extend_from_slice(extra);
-    args.push(url);
-    curl_via(proxy, &args)
-}
 
 #[test]
 fn get_is_allowed_and_other_methods_refused_over_http1_and_http2() {
@@ -393,33 +321,9 @@ fn handshake_via(
     })
 }
 
-async fn connect_tunnel(proxy: &Proxy, host: &str, port: u16) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
-    stream.write_all(connect.as_bytes()).await.unwrap();
-    let mut head = [0u8; 512];
-    let n = stream.read(&mut head).await.unwrap();
-    assert!(
-        head[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head[..n])
-    );
-    stream
-}
-
+/// A TLS client trusting only `root`, offering HTTP/1.1.
 fn tls_connector(root: &Path) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read_to_string(root).unwrap();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
-    roots.add(der).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = client_config(roots_from(root));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
@@ -466,54 +370,6 @@ fn websocket_echo_via(
             .map_err(|e| e.to_string())?;
         Ok(echoed)
     })
-}
-
-/// An HTTPS server that accepts any WebSocket upgrade and echoes raw bytes.
-struct WebSocketEcho {
-    port: u16,
-    ca_pem: PathBuf,
-    _scratch: Scratch,
-}
-
-impl WebSocketEcho {
-    fn start(name: &str) -> WebSocketEcho {
-        let scratch = Scratch::new("ws");
-        let (config, ca_pem) = self_signed_server(&[name], &scratch);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let config = config.clone();
-                std::thread::spawn(move || {
-                    let Ok(connection) = rustls::ServerConnection::new(config) else {
-                        return;
-                    };
-                    let mut tls = rustls::StreamOwned::new(connection, &mut stream);
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match tls.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let _ = tls.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = tls.read(&mut buf) {
-                        if n == 0 || tls.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        WebSocketEcho {
-            port,
-            ca_pem,
-            _scratch: scratch,
-        }
-    }
 }
 
 #[test]
@@ -588,4 +444,55 @@ fn idle_intercepted_connections_are_closed() {
         closed_after >= Duration::from_millis(900),
         "closed too early: {closed_after:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of this file
+
+/// A policy with method and path rules for allowed.test and 127.0.0.1,
+/// and none for plain.test (a tunnel).
+fn policy_for(port: u16) -> String {
+    format!(
+        r#"version: 1
+mode: limited
+allow:
+  - host: allowed.test
+    methods: [GET, HEAD]
+    paths: ["/public/**"]
+    ports: [{port}]
+  - host: 127.0.0.1
+    methods: [GET]
+    ports: [{port}]
+  - host: plain.test
+    ports: [{port}]
+hosts: {{allowed.test: 127.0.0.1, plain.test: 127.0.0.1, other.test: 127.0.0.1}}
+allow_internal: [127.0.0.1/32]
+"#
+    )
+}
+
+/// A proxy that intercepts with `ca` and trusts `upstream`'s certificate.
+fn intercepting_proxy(ca: &Ca, upstream: &TlsUpstream) -> Proxy {
+    Proxy::start(
+        &policy_for(upstream.port()),
+        &[
+            "--ca-dir",
+            ca.dir().to_str().unwrap(),
+            "--upstream-ca",
+            upstream.ca_pem.to_str().unwrap(),
+        ],
+    )
+}
+
+/// curl over HTTPS through `proxy` (`version`: `--http1.1` or `--http2`),
+/// trusting `ca`.
+fn https(ca: &Ca, proxy: &Proxy, version: &str, extra: &[&str], url: &str) -> CurlResult {
+    let mut args = vec![
+        version,
+        "--cacert",
+        ca.cert().to_str().unwrap().to_owned().leak(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl_via(proxy, &args)
 }

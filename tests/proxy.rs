@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn allowed_url(upstream: &Upstream, path: &str) -> String {
-    format!("http://allowed.test:{}{path}", upstream.port())
-}
-
 #[test]
 fn allowed_http_request_reaches_upstream_and_is_audited() {
     let upstream = Upstream::start();
@@ -463,10 +459,7 @@ fn a_tls_client_hello_for_another_host_inside_an_allowed_connect_is_refused() {
     // Control: the matching SNI is relayed (the canary speaks no TLS, so the
     // handshake itself fails, but the ClientHello arrives).
     let _ = tls_through_connect(&proxy, "allowed.test", canary.addr.port(), "allowed.test");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while canary.bytes() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(5), || canary.bytes() > 0);
     assert!(canary.bytes() > 0, "matching SNI was not relayed");
 }
 
@@ -555,18 +548,7 @@ fn tunnels_carry_large_transfers_intact_both_ways() {
     let mut head = [0u8; 128];
     let n = stream.read(&mut head).unwrap();
     assert!(head[..n].starts_with(b"HTTP/1.1 200"));
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&ca_pem).unwrap();
-    roots
-        .add(rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap())
-        .unwrap();
-    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let client_config = client_config(roots_from(&ca_pem));
     let name = rustls::pki_types::ServerName::try_from("allowed.test").unwrap();
     let connection = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
     stream
@@ -741,37 +723,21 @@ fn tls_through_connect(proxy: &Proxy, host: &str, port: u16, sni: &str) -> Resul
         .build()
         .unwrap();
     runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
-        stream.write_all(connect.as_bytes()).await.unwrap();
-        let mut head = vec![0u8; 1024];
-        let n = stream.read(&mut head).await.unwrap();
-        let head = String::from_utf8_lossy(&head[..n]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let stream = connect_tunnel(proxy, host, port).await;
         tls_handshake(stream, sni).await
     })
 }
 
 /// A TLS handshake offering `sni` over an open tunnel.
 async fn tls_handshake(stream: tokio::net::TcpStream, sni: &str) -> Result<(), String> {
-    {
-        let roots = rustls::RootCertStore::empty();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
-        let handshake = connector.connect(name, stream);
-        match tokio::time::timeout(Duration::from_secs(3), handshake).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
-        }
+    let config = client_config(rustls::RootCertStore::empty());
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let handshake = connector.connect(name, stream);
+    match tokio::time::timeout(Duration::from_secs(3), handshake).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }
 
@@ -799,10 +765,15 @@ fn get_over_unix_socket(socket: &std::path::Path, url: &str) -> (u16, String) {
     })
 }
 
+/// Waits up to 5 s for `condition`; fails the test if it never holds.
 fn wait_for(condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(5), condition),
+        "timed out waiting"
+    );
+}
+
+/// A URL on `upstream` by the name the loopback policy allows.
+fn allowed_url(upstream: &Upstream, path: &str) -> String {
+    format!("http://allowed.test:{}{path}", upstream.port())
 }

@@ -8,792 +8,40 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use serde_json::Value;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Upper bound for one `tollgate run`; runs normally take about a second.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
-/// Upper bound for a helper command on the host (git, sha256sum).
-const TOOL_LIMIT: Duration = Duration::from_secs(30);
-/// The workspace's name: the repo's directory is called this.
-const REPO_NAME: &str = "proj";
-/// Inside every phase.
-const WORKSPACE: &str = "/workspace/proj";
-
-// ---------------------------------------------------------------------------
-// Child processes with a time limit
-
-/// What a finished child printed and returned.
-#[derive(Debug)]
-struct Done {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// A running child: its output drained by threads, killed on drop.
-struct Running {
-    child: Child,
-    what: String,
-    started: Instant,
-    stdout: mpsc::Receiver<Vec<u8>>,
-    stderr: mpsc::Receiver<Vec<u8>>,
-    finished: bool,
-}
-
-impl Running {
-    fn spawn(command: &mut Command) -> Running {
-        let what = format!("{command:?}");
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
-            let (tx, rx) = mpsc::channel();
-            if let Some(mut pipe) = pipe {
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let _ = pipe.read_to_end(&mut buf);
-                    let _ = tx.send(buf);
-                });
-            }
-            rx
-        }
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        Running {
-            child,
-            what,
-            started: Instant::now(),
-            stdout,
-            stderr,
-            finished: false,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the exit; kills the child and fails the test after `limit`.
-    fn finish(mut self, limit: Duration) -> Done {
-        let deadline = self.started + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let done = self.collect(None);
-                panic!("{} did not finish within {limit:?}: {done:#?}", self.what);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        self.finished = true;
-        let elapsed = self.started.elapsed();
-        let mut done = self.collect(status.code());
-        done.elapsed = elapsed;
-        if status.code().is_none() {
-            use std::os::unix::process::ExitStatusExt;
-            done.stderr
-                .push_str(&format!("\n[killed by signal {:?}]", status.signal()));
-        }
-        done
-    }
-
-    /// The output so far; a pipe still held open by a leftover process is
-    /// given up on after a few seconds instead of hanging the test.
-    fn collect(&self, code: Option<i32>) -> Done {
-        let text = |rx: &mpsc::Receiver<Vec<u8>>| {
-            rx.recv_timeout(Duration::from_secs(5))
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_else(|_| "[output pipe still open]".into())
-        };
-        Done {
-            code,
-            stdout: text(&self.stdout),
-            stderr: text(&self.stderr),
-            elapsed: self.started.elapsed(),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs a host tool to its end (at most [`TOOL_LIMIT`]).
-fn tool(command: &mut Command) -> Done {
-    Running::spawn(command).finish(TOOL_LIMIT)
-}
-
-/// Runs a host tool that must succeed; its stdout.
-fn tool_ok(command: &mut Command) -> String {
-    let what = format!("{command:?}");
-    let done = tool(command);
-    assert_eq!(done.code, Some(0), "{what} failed: {done:#?}");
-    done.stdout
-}
-
-/// `git -C dir ARGS`, with a fixed identity and no user or system config.
-fn git(dir: &Path, args: &[&str]) -> String {
-    tool_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "tollgate test")
-            .env("GIT_AUTHOR_EMAIL", "test@tollgate.invalid")
-            .env("GIT_COMMITTER_NAME", "tollgate test")
-            .env("GIT_COMMITTER_EMAIL", "test@tollgate.invalid")
-            .env("GIT_TERMINAL_PROMPT", "0"),
-    )
-    .trim()
-    .to_owned()
-}
-
-// ---------------------------------------------------------------------------
-// The repository a test runs on
-
-/// A real git repo: main has two commits (the first is `first`), branch
-/// `feature` one more with feature.txt; main is checked out.
-struct Repo {
-    path: PathBuf,
-    first: String,
-    main: String,
-    feature: String,
-}
-
-/// Bytes that git must treat as binary (NUL bytes, invalid UTF-8).
-const BINARY: &[u8] = &[
-    0, 1, 2, 3, 0xff, 0xfe, 0, b'b', b'i', b'n', 0x80, 0x81, 0, 10,
-];
-
-impl Repo {
-    fn create(parent: &Path) -> Repo {
-        let path = parent.join(REPO_NAME);
-        std::fs::create_dir_all(path.join("src")).unwrap();
-        git(&path, &["init", "-q", "-b", "main"]);
-        std::fs::write(path.join("README.md"), "# proj\n\nA test repository.\n").unwrap();
-        std::fs::write(path.join("old.txt"), "this file gets deleted\n").unwrap();
-        std::fs::write(path.join("data.bin"), BINARY).unwrap();
-        std::fs::write(path.join("src/lib.txt"), "lib v1\n").unwrap();
-        git(&path, &["add", "-A"]);
-        git(&path, &["commit", "-q", "-m", "first"]);
-        let first = git(&path, &["rev-parse", "HEAD"]);
-        std::fs::write(path.join("src/lib.txt"), "lib v2\n").unwrap();
-        git(&path, &["commit", "-q", "-am", "second"]);
-        let main = git(&path, &["rev-parse", "HEAD"]);
-        git(&path, &["checkout", "-q", "-b", "feature"]);
-        std::fs::write(path.join("feature.txt"), "feature work\n").unwrap();
-        git(&path, &["add", "feature.txt"]);
-        git(&path, &["commit", "-q", "-m", "feature"]);
-        let feature = git(&path, &["rev-parse", "HEAD"]);
-        git(&path, &["checkout", "-q", "main"]);
-        Repo {
-            path,
-            first,
-            main,
-            feature,
-        }
-    }
-
-    /// Adds files in a new commit on main.
-    fn commit(&mut self, files: &[(&str, &str)]) {
-        for (name, text) in files {
-            let path = self.path.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        git(&self.path, &["add", "-A"]);
-        git(&self.path, &["commit", "-q", "-m", "more"]);
-        self.main = git(&self.path, &["rev-parse", "HEAD"]);
-    }
-
-    /// Everything about the host repo a run must not change: HEAD, refs,
-    /// status, and the bytes of every object and ref file.
-    fn fingerprint(&self) -> Vec<String> {
-        let mut lines = vec![
-            format!("HEAD {}", git(&self.path, &["symbolic-ref", "HEAD"])),
-            format!("head {}", git(&self.path, &["rev-parse", "HEAD"])),
-            format!("refs {}", git(&self.path, &["for-each-ref"])),
-            format!(
-                "status {:?}",
-                git(
-                    &self.path,
-                    &["status", "--porcelain", "--untracked-files=all"]
-                )
-            ),
-        ];
-        let git_dir = self.path.join(".git");
-        for sub in ["objects", "refs", "HEAD", "config"] {
-            files_of(&git_dir.join(sub), &git_dir, &mut lines);
-        }
-        lines
-    }
-}
-
-/// `relative-path bytes-as-debug` for every file under `path`, sorted.
-fn files_of(path: &Path, root: &Path, out: &mut Vec<String>) {
-    if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for entry in entries {
-            files_of(&entry, root, out);
-        }
-    } else if let Ok(bytes) = std::fs::read(path) {
-        let name = path.strip_prefix(root).unwrap().display().to_string();
-        out.push(format!("{name} {bytes:?}"));
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Environment files
-
-/// An environment file: `version`, `name`, then `body` (YAML lines).
-fn env_file(body: &str) -> String {
-    format!("version: 1\nname: test-env\n{body}")
-}
-
-/// `setup: |` with `script` as its block.
-fn setup_key(script: &str) -> String {
-    let mut text = String::from("setup: |\n");
-    for line in script.trim_matches('\n').lines() {
-        text.push_str("  ");
-        text.push_str(line);
-        text.push('\n');
-    }
-    text
-}
-
-/// The `internet` mapping: setup may reach `internet.test` (127.0.0.1,
-/// exempt from the internal-address guard); the agent gets the default.
-const INTERNET: &str = "internet:\n  setup: {mode: unrestricted, allow_internal: [\"127.0.0.1/32\"], hosts: {internet.test: 127.0.0.1}}\n";
-
-/// `text` as printf(1) octal escapes, so that a script can produce a value
-/// without the value appearing in the script, its argv or the env file.
-fn printf_octal(text: &str) -> String {
-    text.bytes().map(|b| format!("\\{b:03o}")).collect()
-}
-
-/// A string no other test of this run uses.
-fn unique() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}{:03}{:09}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-// ---------------------------------------------------------------------------
-// Running `tollgate run`
-
-/// One test's world: a scratch dir with the repo, a private state dir, the
-/// env files and the output dirs of its runs.
-struct World {
-    dir: Scratch,
-    repo: Repo,
-    state: PathBuf,
-    runs: AtomicUsize,
-}
-
-/// How to run: the env file's text, options before `--`, the agent command
-/// (none: no `--`), and variables for tollgate's own environment.
-#[derive(Default)]
-struct Spec<'a> {
-    env: &'a str,
-    args: &'a [&'a str],
-    agent: &'a [&'a str],
-    vars: &'a [(&'a str, &'a str)],
-    /// `--out` (default: a new directory in the world's scratch dir).
-    out: Option<&'a Path>,
-}
-
-impl World {
-    fn new(name: &str) -> World {
-        let dir = Scratch::new(&format!("run-{name}"));
-        let repo = Repo::create(&dir.0);
-        let state = dir.path("state");
-        World {
-            dir,
-            repo,
-            state,
-            runs: AtomicUsize::new(0),
-        }
-    }
-
-    /// Starts `tollgate run`; returns it and the output dir it was given
-    /// (which does not exist yet).
-    fn start(&self, spec: &Spec) -> (Running, PathBuf, PathBuf) {
-        let n = self.runs.fetch_add(1, Ordering::Relaxed);
-        let env_path = self.dir.write(&format!("env-{n}.yaml"), spec.env);
-        let out = spec
-            .out
-            .map_or_else(|| self.dir.path(&format!("out-{n}")), Path::to_path_buf);
-        let mut command = Command::new(BIN);
-        command
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("run")
-            .arg(&env_path)
-            .arg("--repo")
-            .arg(&self.repo.path)
-            .arg("--out")
-            .arg(&out)
-            .args(spec.args);
-        if !spec.agent.is_empty() {
-            command.arg("--").args(spec.agent);
-        }
-        command
-            .env("NO_COLOR", "1")
-            .env_remove("TOLLGATE_STATE_DIR");
-        for (k, v) in spec.vars {
-            command.env(k, v);
-        }
-        (Running::spawn(&mut command), out, env_path)
-    }
-
-    /// Runs `tollgate run` to its end and checks it left nothing behind.
-    fn run(&self, spec: &Spec) -> RunOut {
-        let (running, out, env_path) = self.start(spec);
-        self.finish(running, out, env_path)
-    }
-
-    fn finish(&self, running: Running, out: PathBuf, env_path: PathBuf) -> RunOut {
-        let pid = running.pid();
-        let done = running.finish(RUN_LIMIT);
-        let run = RunOut {
-            done,
-            out,
-            env_path,
-            pid,
-        };
-        self.assert_nothing_left(&run);
-        run
-    }
-
-    /// No run directory, no mount and no process in a mount namespace of
-    /// this world's runs remains.
-    fn assert_nothing_left(&self, run: &RunOut) {
-        let runs_dir = self.state.join("runs");
-        let left: Vec<String> = std::fs::read_dir(&runs_dir)
-            .map(|entries| {
-                entries
-                    .map(|e| e.unwrap().path().display().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(
-            left.is_empty(),
-            "run directories left in {}: {left:?}\n{run:#?}",
-            runs_dir.display()
-        );
-        let needle = self.state.to_string_lossy().into_owned();
-        let gone = eventually(Duration::from_secs(3), || {
-            host_mounts_mentioning(&needle).is_empty()
-                && processes_with_mounts_mentioning(&needle).is_empty()
-        });
-        assert!(
-            gone,
-            "after the run: host mounts {:?}, processes in its mount namespaces {:?}\n{run:#?}",
-            host_mounts_mentioning(&needle),
-            processes_with_mounts_mentioning(&needle)
-        );
-    }
-}
-
-/// A finished `tollgate run`.
-#[derive(Debug)]
-struct RunOut {
-    done: Done,
-    out: PathBuf,
-    env_path: PathBuf,
-    pid: u32,
-}
-
-impl RunOut {
-    fn code(&self) -> Option<i32> {
-        self.done.code
-    }
-
-    fn stdout(&self) -> &str {
-        &self.done.stdout
-    }
-
-    fn stderr(&self) -> &str {
-        &self.done.stderr
-    }
-
-    fn file(&self, name: &str) -> Option<String> {
-        std::fs::read(self.out.join(name))
-            .ok()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    }
-
-    fn expect_file(&self, name: &str) -> String {
-        self.file(name)
-            .unwrap_or_else(|| panic!("no {name} in the output dir: {self:#?}"))
-    }
-
-    fn result(&self) -> Value {
-        let text = self.expect_file("result.json");
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("result.json is not JSON ({e}): {text}\n{self:#?}"))
-    }
-
-    fn audit(&self) -> Vec<Value> {
-        read_audit(&self.out.join("audit.jsonl"))
-    }
-
-    /// The raw lines stdout shows under `━━━ phase ━━━`.
-    fn section(&self, phase: &str) -> Vec<String> {
-        let header = format!("━━━ {phase} ━━━");
-        let mut current = None;
-        let mut lines = Vec::new();
-        for line in self.stdout().lines() {
-            if line.starts_with("━━━ ") {
-                current = Some(line == header);
-            } else if current == Some(true) {
-                lines.push(line.to_owned());
-            }
-        }
-        lines
-    }
-
-    /// The text of a phase's output on the terminal, time stamps removed.
-    fn phase_text(&self, phase: &str) -> Vec<String> {
-        self.section(phase)
-            .iter()
-            .map(|l| {
-                strip_stamp(l)
-                    .unwrap_or_else(|| panic!("line without a time stamp: {l:?}\n{self:#?}"))
-                    .to_owned()
-            })
-            .collect()
-    }
-
-    /// The value after `KEY ` on the first line of `phase`'s output
-    /// starting so.
-    fn value(&self, phase: &str, key: &str) -> Option<String> {
-        let prefix = format!("{key} ");
-        self.phase_text(phase)
-            .iter()
-            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
-    }
-
-    fn expect_value(&self, phase: &str, key: &str) -> String {
-        self.value(phase, key)
-            .unwrap_or_else(|| panic!("no `{key}` line in the {phase} output: {self:#?}"))
-    }
-
-    /// Asserts exit status `code`.
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code(), Some(code), "exit status: {self:#?}");
-        self
-    }
-}
-
-/// The text after a `[  12.3s] ` stamp.
-fn strip_stamp(line: &str) -> Option<&str> {
-    let rest = line.strip_prefix('[')?;
-    let (stamp, text) = rest.split_once("] ")?;
-    let seconds = stamp.trim_start().strip_suffix('s')?;
-    let ok = seconds.contains('.') && seconds.parse::<f64>().is_ok();
-    ok.then_some(text)
-}
-
-/// The names of the phases in result.json.
-fn phase_names(result: &Value) -> Vec<String> {
-    result["phases"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no phases in {result:#}"))
-        .iter()
-        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-// ---------------------------------------------------------------------------
-// Host-side observations
-
-/// Lines of this process's mount table that mention `needle`.
-fn host_mounts_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Processes (any namespace) whose mount table mentions `needle`.
-fn processes_with_mounts_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(text) = std::fs::read_to_string(entry.path().join("mountinfo")) {
-            if text.contains(needle) {
-                let cmd = std::fs::read_to_string(entry.path().join("cmdline"))
-                    .unwrap_or_default()
-                    .replace('\0', " ");
-                found.push(format!("pid {name}: {cmd}"));
-            }
-        }
-    }
-    found
-}
-
-/// Host processes whose command line matches the regex `pattern`.
-fn pgrep(pattern: &str) -> Vec<String> {
-    let done = tool(Command::new("pgrep").args(["-a", "-f", pattern]));
-    done.stdout.lines().map(str::to_owned).collect()
-}
-
-/// Polls `check` until it returns true or `limit` passes.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Every file under `dir` (recursively) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
-/// Cgroup directories (up to six levels under /sys/fs/cgroup) of phases
-/// of tollgate process `pid`: `tollgate-<pid>-<run id>-<phase>`.
-fn cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("tollgate-{pid}-");
-    let mut found = Vec::new();
-    let mut level = vec![PathBuf::from("/sys/fs/cgroup")];
-    for _ in 0..6 {
-        let mut next = Vec::new();
-        for dir in level {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.filter_map(Result::ok) {
-                let path = entry.path();
-                if !path.is_dir() || path.is_symlink() {
-                    continue;
-                }
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    found.push(path.clone());
-                }
-                next.push(path);
-            }
-        }
-        level = next;
-    }
-    found
-}
-
-// ---------------------------------------------------------------------------
-// A slow upstream for the connection test
-
-/// A raw loopback HTTP server that answers the first request with headers
-/// and then a byte every 100 ms, forever, and records when that connection
-/// was accepted and when it was closed from the other side.
-struct Dribbler {
-    port: u16,
-    accepted: Arc<Mutex<Option<SystemTime>>>,
-    closed: Arc<Mutex<Option<SystemTime>>>,
-    dribbled: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    stream: Arc<Mutex<Option<TcpStream>>>,
-}
-
-impl Dribbler {
-    fn start() -> Dribbler {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(Mutex::new(None));
-        let closed = Arc::new(Mutex::new(None));
-        let dribbled = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stream_slot = Arc::new(Mutex::new(None));
-        let (a, c, d, s, slot) = (
-            accepted.clone(),
-            closed.clone(),
-            dribbled.clone(),
-            stop.clone(),
-            stream_slot.clone(),
-        );
-        std::thread::spawn(move || {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            // The request: read up to the end of its headers.
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            stream.set_read_timeout(None).unwrap();
-            *a.lock().unwrap() = Some(SystemTime::now());
-            let mark_closed = {
-                let c = c.clone();
-                move || {
-                    let mut closed = c.lock().unwrap();
-                    if closed.is_none() {
-                        *closed = Some(SystemTime::now());
-                    }
-                }
-            };
-            // A close from the other side ends this read at once.
-            let mut reader = stream.try_clone().unwrap();
-            *slot.lock().unwrap() = stream.try_clone().ok();
-            let on_close = mark_closed.clone();
-            let stopping = s.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => continue,
-                    }
-                }
-                if !stopping.load(Ordering::SeqCst) {
-                    on_close();
-                }
-            });
-            let headers = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-            if stream.write_all(headers.as_bytes()).is_err() {
-                mark_closed();
-                return;
-            }
-            while !s.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(100));
-                if c.lock().unwrap().is_some() {
-                    return;
-                }
-                if stream.write_all(b"1\r\nx\r\n").is_err() {
-                    if !s.load(Ordering::SeqCst) {
-                        mark_closed();
-                    }
-                    return;
-                }
-                d.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        Dribbler {
-            port,
-            accepted,
-            closed,
-            dribbled,
-            stop,
-            stream: stream_slot,
-        }
-    }
-}
-
-impl Drop for Dribbler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(stream) = self.stream.lock().unwrap().take() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn nanos_since_epoch(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).unwrap().as_nanos()
-}
 
 // ---------------------------------------------------------------------------
 // Network: setup has the internet, the agent does not
 
-/// Shell lines printing `<KEY>_NET <interfaces>` and `<KEY>_DIRECT <curl
-/// exit status>` for a connection to the host's 127.0.0.1:`port` that
-/// bypasses the proxy.
-fn direct_attempts(key: &str, port: u16) -> String {
-    format!(
-        "echo \"{key}_NET $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')\"\n\
-         rc=0; curl --noproxy '*' -sS --max-time 3 -o /dev/null http://127.0.0.1:{port}/direct-{key} 2>/dev/null || rc=$?\n\
-         echo \"{key}_DIRECT $rc\""
-    )
-}
-
 #[test]
 fn setup_reaches_the_internet_and_the_agent_gets_403() {
     require_root!();
-    let world = World::new("internet");
+    let world = RunWorld::new("internet");
     let upstream = Upstream::start();
     let port = upstream.port();
-    let env = env_file(&format!(
+    let env = world.env(&env_file(&format!(
         "{}{INTERNET}",
         setup_key(&format!(
             "curl -sS --max-time 10 -o /dev/null -w 'SETUP_STATUS %{{http_code}}\\n' http://internet.test:{port}/from-setup\n{}",
             direct_attempts("SETUP", port)
         ))
-    ));
+    )));
     let agent = format!(
         "curl -sS --max-time 10 -i -w '\\nAGENT_STATUS %{{http_code}}\\n' http://internet.test:{port}/from-agent\n{}",
         direct_attempts("AGENT", port)
     );
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", &agent],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", &agent],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
 
     assert_eq!(run.expect_value("setup", "SETUP_STATUS"), "200", "{run:#?}");
@@ -867,15 +115,26 @@ fn setup_reaches_the_internet_and_the_agent_gets_403() {
     );
 }
 
+/// Shell lines printing `<KEY>_NET <interfaces>` and `<KEY>_DIRECT <curl
+/// exit status>` for a connection to the host's 127.0.0.1:`port` that
+/// bypasses the proxy.
+fn direct_attempts(key: &str, port: u16) -> String {
+    format!(
+        "echo \"{key}_NET $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')\"\n\
+         rc=0; curl --noproxy '*' -sS --max-time 3 -o /dev/null http://127.0.0.1:{port}/direct-{key} 2>/dev/null || rc=$?\n\
+         echo \"{key}_DIRECT $rc\""
+    )
+}
+
 // ---------------------------------------------------------------------------
 // What carries over from setup to the agent
 
 #[test]
 fn files_from_setup_are_visible_to_the_agent_and_env_reaches_every_phase() {
     require_root!();
-    let world = World::new("carry");
+    let world = RunWorld::new("carry");
     let bashrc_before = std::fs::read("/root/.bashrc").ok();
-    let env = env_file(&format!(
+    let env = world.env(&env_file(&format!(
         "{}env: {{GREETING: hello}}\n",
         setup_key(
             r#"
@@ -887,7 +146,7 @@ export FROM_EXPORT=exported
 echo 'export FROM_BASHRC=from-bashrc' >> ~/.bashrc
 "#
         )
-    ));
+    )));
     // sh, not bash: the variables from ~/.bashrc come from the bash that
     // tollgate starts the agent with.
     let agent = r#"
@@ -898,11 +157,13 @@ echo "OPT $(cat /opt/tg-setup-test/file)"
 echo "EXPORT ${FROM_EXPORT:-unset}"
 echo "BASHRC ${FROM_BASHRC:-unset}"
 "#;
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", agent],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", agent],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
 
     assert_eq!(run.expect_value("setup", "SETUP_GREETING"), "hello");
@@ -942,13 +203,15 @@ echo "BASHRC ${FROM_BASHRC:-unset}"
 #[test]
 fn the_terminal_shows_each_phase_under_a_header_with_time_stamps() {
     require_root!();
-    let world = World::new("stream");
-    let env = env_file(&setup_key("echo one\necho two"));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo three; printf 'no newline at the end'"],
-        ..Spec::default()
-    });
+    let world = RunWorld::new("stream");
+    let env = world.env(&env_file(&setup_key("echo one\necho two")));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo three; printf 'no newline at the end'"],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     let lines: Vec<&str> = run.stdout().lines().collect();
     let setup_at = lines.iter().position(|l| *l == "━━━ setup ━━━");
@@ -989,7 +252,7 @@ fn the_terminal_shows_each_phase_under_a_header_with_time_stamps() {
 #[test]
 fn secrets_reach_setup_only() {
     require_root!();
-    let world = World::new("secrets");
+    let world = RunWorld::new("secrets");
     let upstream = Upstream::start();
     let port = upstream.port();
     let id = unique();
@@ -1008,11 +271,11 @@ printf 'SPLIT %s' "${{TOKEN:0:9}}"; sleep 0.3; printf '%s\n' "${{TOKEN:9}}"
 curl -sS --max-time 10 -o /dev/null "http://internet.test:{port}/login/$TOKEN"
 "#
     );
-    let env = env_file(&format!(
+    let env = world.env(&env_file(&format!(
         "{}{INTERNET}secrets:\n  TOKEN: {{from_env: {var}}}\n  FILETOKEN: {{from_file: {}}}\n",
         setup_key(&setup),
         token_file.display()
-    ));
+    )));
     // The agent looks for either value everywhere it can, without the
     // values being in its own script.
     let agent = format!(
@@ -1029,12 +292,14 @@ echo "FILES2 $(grep -r -a -l -F -f /tmp/n2 /workspace /root/.bashrc /root/.profi
 echo "SCRIPT $(ls /tmp/tollgate/setup.sh 2>/dev/null)none"
 "#
     );
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["bash", "-c", &agent],
-        vars: &[(&var, &token)],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["bash", "-c", &agent],
+            vars: &[(&var, &token)],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
 
     // Setup had both values (it checked them) and reached the upstream.
@@ -1099,22 +364,24 @@ echo "SCRIPT $(ls /tmp/tollgate/setup.sh 2>/dev/null)none"
 #[test]
 fn a_secret_that_setup_leaves_in_a_file_is_named_in_a_warning_never_shown() {
     require_root!();
-    let world = World::new("leak");
+    let world = RunWorld::new("leak");
     let id = unique();
     let token = format!("tgleaked-{id}");
     let var = format!("TG_TEST_LEAK_{id}");
-    let env = env_file(&format!(
+    let env = world.env(&env_file(&format!(
         "{}secrets:\n  API_TOKEN: {{from_env: {var}}}\n",
         setup_key("mkdir -p config\necho \"token=$API_TOKEN\" > config/leaked.conf")
-    ));
+    )));
     // The agent copies the file setup left: its change (the diff) holds the
     // value too.
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "cp config/leaked.conf copied.conf"],
-        vars: &[(&var, &token)],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "cp config/leaked.conf copied.conf"],
+            vars: &[(&var, &token)],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
 
     let warning = run
@@ -1153,32 +420,34 @@ fn a_secret_that_setup_leaves_in_a_file_is_named_in_a_warning_never_shown() {
 #[test]
 fn a_background_process_from_setup_is_gone_in_the_agent_phase() {
     require_root!();
-    let world = World::new("background");
+    let world = RunWorld::new("background");
     let id = unique();
     let pattern = format!(r"^sleep 40[12]\.{id}$");
-    let env = env_file(&setup_key(&format!(
+    let env = world.env(&env_file(&setup_key(&format!(
         r#"
 sleep 401.{id} &
 setsid nohup sh -c 'trap "" TERM HUP; exec sleep 402.{id}' >/dev/null 2>&1 < /dev/null &
 sleep 0.2
 echo "BG $(pgrep -c -f '{pattern}')"
 "#
-    )));
+    ))));
     let agent = format!(
         "echo AGENT_STARTED; echo \"COUNT $(pgrep -c -f '{pattern}')\"; sleep 1; echo AGENT_DONE"
     );
-    let (running, out, env_path) = world.start(&Spec {
-        env: &env,
-        agent: &["sh", "-c", &agent],
-        ..Spec::default()
-    });
+    let running = world.start(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", &agent],
+            ..Spec::default()
+        },
+    );
     // While the agent runs, the host has no process left from setup.
-    let agent_log = out.join("agent.log");
+    let agent_log = running.out.join("agent.log");
     let started = eventually(Duration::from_secs(20), || {
         std::fs::read_to_string(&agent_log).is_ok_and(|t| t.contains("AGENT_STARTED"))
     });
     let during = pgrep(&pattern);
-    let run = world.finish(running, out, env_path);
+    let run = world.finish(running);
     assert!(started, "the agent never started: {run:#?}");
     run.expect_code(0);
     assert_eq!(run.expect_value("setup", "BG"), "2", "{run:#?}");
@@ -1197,20 +466,22 @@ echo "BG $(pgrep -c -f '{pattern}')"
 #[test]
 fn a_connection_opened_in_setup_is_closed_before_the_agent_starts() {
     require_root!();
-    let world = World::new("connection");
+    let world = RunWorld::new("connection");
     let upstream = Dribbler::start();
     let port = upstream.port;
-    let env = env_file(&format!(
+    let env = world.env(&env_file(&format!(
         "{}{INTERNET}",
         setup_key(&format!(
             "curl -sN --max-time 100 http://internet.test:{port}/stream >/dev/null &\nsleep 1\necho SETUP_DONE"
         ))
-    ));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo \"NOW $(date +%s%N)\""],
-        ..Spec::default()
-    });
+    )));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo \"NOW $(date +%s%N)\""],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     let accepted = upstream
         .accepted
@@ -1247,29 +518,31 @@ fn a_connection_opened_in_setup_is_closed_before_the_agent_starts() {
 #[test]
 fn branch_and_commit_are_checked_out_and_the_host_repo_is_untouched() {
     require_root!();
-    let world = World::new("checkout");
+    let world = RunWorld::new("checkout");
     let before = world.repo.fingerprint();
 
     // --branch feature. Setup overwrites every object file of the clone in
     // place: were the clone hard-linked to the host's repo, that would
     // corrupt it.
-    let env = env_file(&setup_key(
+    let env = world.env(&env_file(&setup_key(
         r#"
 for f in .git/objects/??/*; do chmod u+w "$f"; printf corrupt > "$f"; done
 echo corrupted
 "#,
-    ));
+    )));
     let agent = r#"
 echo "FEATURE $(cat feature.txt)"
 echo "HEADREF $(cat .git/HEAD)"
 git checkout -q -b agent-branch 2>/dev/null; echo agent >> README.md; rm -f old.txt
 "#;
-    let run = world.run(&Spec {
-        env: &env,
-        args: &["--branch", "feature"],
-        agent: &["sh", "-c", agent],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            args: &["--branch", "feature"],
+            agent: &["sh", "-c", agent],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     assert_eq!(run.expect_value("agent", "FEATURE"), "feature work");
     assert_eq!(
@@ -1290,18 +563,20 @@ git checkout -q -b agent-branch 2>/dev/null; echo agent >> README.md; rm -f old.
     );
 
     // --commit: the first commit, detached.
-    let env = env_file(&setup_key("true"));
+    let env = world.env(&env_file(&setup_key("true")));
     let agent = r#"
 echo "HEAD $(git rev-parse HEAD)"
 echo "LIB $(cat src/lib.txt)"
 echo "FEATURE $(cat feature.txt 2>/dev/null || echo absent)"
 "#;
-    let run = world.run(&Spec {
-        env: &env,
-        args: &["--commit", &world.repo.first],
-        agent: &["sh", "-c", agent],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            args: &["--commit", &world.repo.first],
+            agent: &["sh", "-c", agent],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     assert_eq!(run.expect_value("agent", "HEAD"), world.repo.first);
     assert_eq!(run.expect_value("agent", "LIB"), "lib v1");
@@ -1310,11 +585,13 @@ echo "FEATURE $(cat feature.txt 2>/dev/null || echo absent)"
     assert_eq!(repo["commit"], world.repo.first.as_str(), "{repo:#}");
 
     // No option: the default branch.
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo \"HEAD $(git rev-parse HEAD)\""],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo \"HEAD $(git rev-parse HEAD)\""],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     assert_eq!(run.expect_value("agent", "HEAD"), world.repo.main);
     let repo = &run.result()["repo"];
@@ -1331,18 +608,20 @@ echo "FEATURE $(cat feature.txt 2>/dev/null || echo absent)"
 #[test]
 fn the_run_exits_with_the_agents_status() {
     require_root!();
-    let world = World::new("agent-status");
-    let env = env_file(&setup_key("echo setup-ok"));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo AGENT_RAN; exit 7"],
-        ..Spec::default()
-    });
+    let world = RunWorld::new("agent-status");
+    let env = world.env(&env_file(&setup_key("echo setup-ok")));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo AGENT_RAN; exit 7"],
+            ..Spec::default()
+        },
+    );
     run.expect_code(7);
     let result = run.result();
     assert_eq!(result["exit_code"], 7, "{result:#}");
     assert_eq!(result["env"], "test-env", "{result:#}");
-    assert_eq!(phase_names(&result), ["setup", "agent"]);
+    assert_eq!(run.phase_names(), ["setup", "agent"]);
     let (setup, agent) = (&result["phases"][0], &result["phases"][1]);
     assert_eq!(setup["exit_code"], 0, "{result:#}");
     assert_eq!(agent["exit_code"], 7, "{result:#}");
@@ -1368,11 +647,13 @@ fn the_run_exits_with_the_agents_status() {
     assert!(result["warnings"].is_array(), "{result:#}");
 
     // An agent killed by a signal: 128 + its number, as a shell reports it.
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "kill -9 $$"],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "kill -9 $$"],
+            ..Spec::default()
+        },
+    );
     run.expect_code(137);
     assert_eq!(run.result()["phases"][1]["exit_code"], 137);
 }
@@ -1380,13 +661,17 @@ fn the_run_exits_with_the_agents_status() {
 #[test]
 fn a_failing_setup_stops_the_run() {
     require_root!();
-    let world = World::new("setup-fails");
-    let env = env_file(&setup_key("echo step-one\n(exit 3)\necho never-printed"));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo AGENT_RAN > /tmp/x; echo AGENT_RAN"],
-        ..Spec::default()
-    });
+    let world = RunWorld::new("setup-fails");
+    let env = world.env(&env_file(&setup_key(
+        "echo step-one\n(exit 3)\necho never-printed",
+    )));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo AGENT_RAN > /tmp/x; echo AGENT_RAN"],
+            ..Spec::default()
+        },
+    );
     run.expect_code(3);
     assert_eq!(run.phase_text("setup"), ["step-one"], "{run:#?}");
     assert!(!run.stdout().contains("━━━ agent ━━━"), "{run:#?}");
@@ -1399,18 +684,20 @@ fn a_failing_setup_stops_the_run() {
         "{run:#?}"
     );
     let result = run.result();
-    assert_eq!(phase_names(&result), ["setup"], "{result:#}");
+    assert_eq!(run.phase_names(), ["setup"], "{result:#}");
     assert_eq!(result["phases"][0]["exit_code"], 3, "{result:#}");
     assert_eq!(result["exit_code"], 3, "{result:#}");
     assert!(result["diff"].is_null(), "{result:#}");
 
     // `false` alone fails the script too (bash -e).
-    let env = env_file(&setup_key("false\necho never-printed"));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo AGENT_RAN"],
-        ..Spec::default()
-    });
+    let env = world.env(&env_file(&setup_key("false\necho never-printed")));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo AGENT_RAN"],
+            ..Spec::default()
+        },
+    );
     run.expect_code(1);
     assert!(!run.stdout().contains("never-printed"), "{run:#?}");
     assert!(!run.stdout().contains("AGENT_RAN"), "{run:#?}");
@@ -1419,25 +706,19 @@ fn a_failing_setup_stops_the_run() {
 #[test]
 fn without_an_agent_command_the_run_stops_after_setup() {
     require_root!();
-    let world = World::new("no-agent");
-    let env = env_file(&setup_key("echo set-up"));
-    let run = world.run(&Spec {
-        env: &env,
-        ..Spec::default()
-    });
+    let world = RunWorld::new("no-agent");
+    let env = world.env(&env_file(&setup_key("echo set-up")));
+    let run = world.run(&env, &Spec { ..Spec::default() });
     run.expect_code(0);
     assert_eq!(run.phase_text("setup"), ["set-up"]);
     let result = run.result();
-    assert_eq!(phase_names(&result), ["setup"], "{result:#}");
+    assert_eq!(run.phase_names(), ["setup"], "{result:#}");
     assert_eq!(result["exit_code"], 0, "{result:#}");
     assert!(run.file("agent.log").is_none());
 
     // Without an agent, setup's status is the run's.
-    let env = env_file(&setup_key("exit 5"));
-    let run = world.run(&Spec {
-        env: &env,
-        ..Spec::default()
-    });
+    let env = world.env(&env_file(&setup_key("exit 5")));
+    let run = world.run(&env, &Spec { ..Spec::default() });
     run.expect_code(5);
 }
 
@@ -1456,11 +737,11 @@ fn patch_of<'a>(patch: &'a str, path: &str) -> Option<&'a str> {
 #[test]
 fn the_diff_holds_modified_new_deleted_and_binary_files() {
     require_root!();
-    let world = World::new("diff");
+    let world = RunWorld::new("diff");
     // Setup's own changes are part of the environment, not of the diff.
-    let env = env_file(&setup_key(
+    let env = world.env(&env_file(&setup_key(
         "echo setup-artifact > setup-only.txt\necho 'lib by setup' > src/lib.txt",
-    ));
+    )));
     let agent = r#"
 set -e
 printf 'agent line\n' >> README.md
@@ -1472,11 +753,13 @@ git status --porcelain > /dev/null
 echo outside > /root/tg-agent-home-file
 for f in README.md new/dir/file.txt blob.bin data.bin; do echo "SUM $(sha256sum "$f")"; done
 "#;
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["bash", "-c", agent],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["bash", "-c", agent],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     let patch = run.expect_file("diff.patch");
     let block = |path: &str| {
@@ -1554,7 +837,7 @@ for f in README.md new/dir/file.txt blob.bin data.bin; do echo "SUM $(sha256sum 
 #[test]
 fn the_host_never_runs_what_the_agent_puts_in_git_config_or_attributes() {
     require_root!();
-    let world = World::new("git-hooks");
+    let world = RunWorld::new("git-hooks");
     // Host-side paths: inside the sandbox /tmp is a private tmpfs, so only a
     // command run on the host can create them.
     let mark = |what: &str| world.dir.path(&format!("pwned-{what}"));
@@ -1585,11 +868,13 @@ echo new > new.txt
         clean = mark("clean").display(),
         hook = mark("hook").display(),
     );
-    let run = world.run(&Spec {
-        env: &env_file(&setup_key("true")),
-        agent: &["bash", "-c", &agent],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &world.env(&env_file(&setup_key("true"))),
+        &Spec {
+            agent: &["bash", "-c", &agent],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     for what in [
         "fsmonitor",
@@ -1613,17 +898,21 @@ echo new > new.txt
 #[test]
 fn an_agent_that_changes_nothing_gets_an_empty_diff() {
     require_root!();
-    let world = World::new("no-change");
-    let env = env_file(&setup_key("echo setup-artifact > setup-only.txt"));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &[
-            "sh",
-            "-c",
-            "cat README.md > /dev/null; echo scratch > /tmp/x",
-        ],
-        ..Spec::default()
-    });
+    let world = RunWorld::new("no-change");
+    let env = world.env(&env_file(&setup_key(
+        "echo setup-artifact > setup-only.txt",
+    )));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &[
+                "sh",
+                "-c",
+                "cat README.md > /dev/null; echo scratch > /tmp/x",
+            ],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     let result = run.result();
     assert_eq!(result["diff"]["files_changed"], 0, "{result:#}");
@@ -1652,7 +941,7 @@ fn has_line_col(text: &str, file: &str, line: Option<usize>) -> bool {
 /// What is wrong with a refused run's output, if anything: exit 2, one
 /// `tollgate: ` line on stderr holding every word in `words`, nothing on
 /// stdout, no output dir and no run dir.
-fn refusal_problems(world: &World, what: &str, run: &RunOut, words: &[&str]) -> Vec<String> {
+fn refusal_problems(world: &RunWorld, what: &str, run: &RunOut, words: &[&str]) -> Vec<String> {
     let stderr = run.stderr().trim();
     let mut problems = Vec::new();
     if run.code() != Some(2) {
@@ -1685,7 +974,7 @@ fn refusal_problems(world: &World, what: &str, run: &RunOut, words: &[&str]) -> 
 #[test]
 fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
     require_root!();
-    let world = World::new("bad-env");
+    let world = RunWorld::new("bad-env");
     let unset = format!("TG_TEST_SURELY_UNSET_{}", unique());
     let mut problems = Vec::new();
     // (name, body after `version` and `name`, line of the error, words the
@@ -1743,11 +1032,13 @@ fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
         ),
     ];
     for (name, body, line, words) in &cases {
-        let run = world.run(&Spec {
-            env: &env_file(body),
-            agent: &["true"],
-            ..Spec::default()
-        });
+        let run = world.run(
+            &world.env(&env_file(body)),
+            &Spec {
+                agent: &["true"],
+                ..Spec::default()
+            },
+        );
         let file = run.env_path.display().to_string();
         problems.extend(refusal_problems(&world, name, &run, words));
         if line.is_some() && !has_line_col(run.stderr(), &file, *line) {
@@ -1759,11 +1050,15 @@ fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
     }
 
     // Errors outside the YAML's syntax: the file and the key still named.
-    let run = world.run(&Spec {
-        env: &env_file(&format!("secrets:\n  TOKEN: {{from_env: {unset}}}\n")),
-        agent: &["true"],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &world.env(&env_file(&format!(
+            "secrets:\n  TOKEN: {{from_env: {unset}}}\n"
+        ))),
+        &Spec {
+            agent: &["true"],
+            ..Spec::default()
+        },
+    );
     let file = run
         .env_path
         .file_name()
@@ -1776,11 +1071,15 @@ fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
         &run,
         &[&unset, "TOKEN", &file],
     ));
-    let run = world.run(&Spec {
-        env: &env_file("internet:\n  agent: {file: /nonexistent/tg-policy.yaml}\n"),
-        agent: &["true"],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &world.env(&env_file(
+            "internet:\n  agent: {file: /nonexistent/tg-policy.yaml}\n",
+        )),
+        &Spec {
+            agent: &["true"],
+            ..Spec::default()
+        },
+    );
     problems.extend(refusal_problems(
         &world,
         "missing-policy-file",
@@ -1795,12 +1094,14 @@ fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
         (&["--branch", "two words"][..], "--branch"),
         (&["--commit", "not-hex"][..], "--commit"),
     ] {
-        let run = world.run(&Spec {
-            env: &good,
-            args,
-            agent: &["true"],
-            ..Spec::default()
-        });
+        let run = world.run(
+            &world.env(&good),
+            &Spec {
+                args,
+                agent: &["true"],
+                ..Spec::default()
+            },
+        );
         problems.extend(refusal_problems(
             &world,
             &format!("{args:?}"),
@@ -1814,8 +1115,8 @@ fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
 #[test]
 fn a_branch_or_commit_that_does_not_exist_is_refused_with_one_line() {
     require_root!();
-    let world = World::new("no-such-rev");
-    let env = env_file(&setup_key("true"));
+    let world = RunWorld::new("no-such-rev");
+    let env = world.env(&env_file(&setup_key("true")));
     let mut problems = Vec::new();
     for (args, words) in [
         (
@@ -1824,12 +1125,14 @@ fn a_branch_or_commit_that_does_not_exist_is_refused_with_one_line() {
         ),
         (&["--commit", "deadbeef"][..], &["--commit", "deadbeef"][..]),
     ] {
-        let run = world.run(&Spec {
-            env: &env,
-            args,
-            agent: &["true"],
-            ..Spec::default()
-        });
+        let run = world.run(
+            &env,
+            &Spec {
+                args,
+                agent: &["true"],
+                ..Spec::default()
+            },
+        );
         problems.extend(refusal_problems(&world, &format!("{args:?}"), &run, words));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -1841,16 +1144,18 @@ fn a_branch_or_commit_that_does_not_exist_is_refused_with_one_line() {
 #[test]
 fn a_setup_past_its_timeout_is_stopped() {
     require_root!();
-    let world = World::new("setup-timeout");
-    let env = env_file(&format!(
+    let world = RunWorld::new("setup-timeout");
+    let env = world.env(&env_file(&format!(
         "{}limits: {{setup_timeout: 2s}}\n",
         setup_key("echo started\nsleep 60\necho never-printed")
-    ));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo AGENT_RAN"],
-        ..Spec::default()
-    });
+    )));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo AGENT_RAN"],
+            ..Spec::default()
+        },
+    );
     assert!(
         run.done.elapsed < Duration::from_secs(15),
         "took {:?}: {run:#?}",
@@ -1862,7 +1167,7 @@ fn a_setup_past_its_timeout_is_stopped() {
     assert!(!run.stdout().contains("AGENT_RAN"), "{run:#?}");
     assert!(run.stderr().contains("setup_timeout"), "{run:#?}");
     let result = run.result();
-    assert_eq!(phase_names(&result), ["setup"], "{result:#}");
+    assert_eq!(run.phase_names(), ["setup"], "{result:#}");
     assert_eq!(result["phases"][0]["timed_out"], true, "{result:#}");
     assert_eq!(result["phases"][0]["exit_code"], 124, "{result:#}");
     assert_eq!(result["exit_code"], 124, "{result:#}");
@@ -1871,16 +1176,18 @@ fn a_setup_past_its_timeout_is_stopped() {
 #[test]
 fn an_agent_past_its_timeout_is_stopped() {
     require_root!();
-    let world = World::new("agent-timeout");
-    let env = env_file(&format!(
+    let world = RunWorld::new("agent-timeout");
+    let env = world.env(&env_file(&format!(
         "{}limits: {{agent_timeout: 1s}}\n",
         setup_key("true")
-    ));
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", "echo started; sleep 60; echo never-printed"],
-        ..Spec::default()
-    });
+    )));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", "echo started; sleep 60; echo never-printed"],
+            ..Spec::default()
+        },
+    );
     assert!(
         run.done.elapsed < Duration::from_secs(15),
         "took {:?}: {run:#?}",
@@ -1889,7 +1196,7 @@ fn an_agent_past_its_timeout_is_stopped() {
     run.expect_code(124);
     assert_eq!(run.phase_text("agent"), ["started"], "{run:#?}");
     let result = run.result();
-    assert_eq!(phase_names(&result), ["setup", "agent"], "{result:#}");
+    assert_eq!(run.phase_names(), ["setup", "agent"], "{result:#}");
     assert_eq!(result["phases"][0]["timed_out"], false, "{result:#}");
     assert_eq!(result["phases"][1]["timed_out"], true, "{result:#}");
     assert_eq!(result["phases"][1]["exit_code"], 124, "{result:#}");
@@ -1902,7 +1209,7 @@ fn an_agent_past_its_timeout_is_stopped() {
 #[test]
 fn automatic_setup_says_what_it_detected() {
     require_root!();
-    let mut world = World::new("auto");
+    let mut world = RunWorld::new("auto");
     world.repo.commit(&[
         (
             "pyproject.toml",
@@ -1910,12 +1217,14 @@ fn automatic_setup_says_what_it_detected() {
         ),
         ("poetry.lock", "# empty lock file\n"),
     ]);
-    let env = env_file("env: {A: b}\n");
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["true"],
-        ..Spec::default()
-    });
+    let env = world.env(&env_file("env: {A: b}\n"));
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["true"],
+            ..Spec::default()
+        },
+    );
     let said = run
         .stderr()
         .lines()
@@ -1938,12 +1247,14 @@ fn automatic_setup_says_what_it_detected() {
 #[test]
 fn automatic_setup_without_lock_files_does_nothing_and_the_agent_runs() {
     require_root!();
-    let world = World::new("auto-none");
-    let run = world.run(&Spec {
-        env: &env_file("env: {A: b}\n"),
-        agent: &["sh", "-c", "echo AGENT_RAN"],
-        ..Spec::default()
-    });
+    let world = RunWorld::new("auto-none");
+    let run = world.run(
+        &world.env(&env_file("env: {A: b}\n")),
+        &Spec {
+            agent: &["sh", "-c", "echo AGENT_RAN"],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     assert!(
         run.stderr()
@@ -1959,16 +1270,18 @@ fn automatic_setup_without_lock_files_does_nothing_and_the_agent_runs() {
 #[test]
 fn an_output_dir_that_is_not_empty_is_refused_and_left_alone() {
     require_root!();
-    let world = World::new("out-not-empty");
+    let world = RunWorld::new("out-not-empty");
     let out = world.dir.path("taken");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "earlier results\n").unwrap();
-    let run = world.run(&Spec {
-        env: &env_file(&setup_key("touch /tmp/ran")),
-        agent: &["true"],
-        out: Some(&out),
-        ..Spec::default()
-    });
+    let run = world.run(
+        &world.env(&env_file(&setup_key("touch /tmp/ran"))),
+        &Spec {
+            agent: &["true"],
+            out: Some(&out),
+            ..Spec::default()
+        },
+    );
     run.expect_code(2);
     let stderr = run.stderr().trim();
     assert_eq!(stderr.lines().count(), 1, "{run:#?}");
@@ -1990,12 +1303,14 @@ fn an_output_dir_that_is_not_empty_is_refused_and_left_alone() {
     // An empty directory is fine.
     let empty = world.dir.path("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let run = world.run(&Spec {
-        env: &env_file(&setup_key("true")),
-        agent: &["true"],
-        out: Some(&empty),
-        ..Spec::default()
-    });
+    let run = world.run(
+        &world.env(&env_file(&setup_key("true"))),
+        &Spec {
+            agent: &["true"],
+            out: Some(&empty),
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     assert!(empty.join("result.json").exists(), "{run:#?}");
 }
@@ -2003,21 +1318,23 @@ fn an_output_dir_that_is_not_empty_is_refused_and_left_alone() {
 #[test]
 fn a_sigterm_stops_the_running_phase_and_leaves_nothing_behind() {
     require_root!();
-    let world = World::new("interrupt");
+    let world = RunWorld::new("interrupt");
     let id = unique();
-    let (running, out, env_path) = world.start(&Spec {
-        env: &env_file(&setup_key("true")),
-        agent: &["sh", "-c", &format!("echo AGENT_STARTED; sleep 405.{id}")],
-        ..Spec::default()
-    });
-    let agent_log = out.join("agent.log");
+    let running = world.start(
+        &world.env(&env_file(&setup_key("true"))),
+        &Spec {
+            agent: &["sh", "-c", &format!("echo AGENT_STARTED; sleep 405.{id}")],
+            ..Spec::default()
+        },
+    );
+    let agent_log = running.out.join("agent.log");
     let started = eventually(Duration::from_secs(20), || {
         std::fs::read_to_string(&agent_log).is_ok_and(|t| t.contains("AGENT_STARTED"))
     });
     let pid = nix::unistd::Pid::from_raw(i32::try_from(running.pid()).unwrap());
     let asked = Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let run = world.finish(running, out, env_path);
+    let run = world.finish(running);
     assert!(started, "the agent never started: {run:#?}");
     assert!(
         asked.elapsed() < Duration::from_secs(15),
@@ -2027,7 +1344,7 @@ fn a_sigterm_stops_the_running_phase_and_leaves_nothing_behind() {
     assert_ne!(run.code(), Some(0), "{run:#?}");
     assert!(pgrep(&format!(r"^sleep 405\.{id}$")).is_empty());
     let result = run.result();
-    assert_eq!(phase_names(&result), ["setup", "agent"], "{result:#}");
+    assert_eq!(run.phase_names(), ["setup", "agent"], "{result:#}");
     assert_eq!(result["phases"][1]["interrupted"], true, "{result:#}");
     assert_eq!(result["phases"][1]["timed_out"], false, "{result:#}");
 }
@@ -2038,7 +1355,7 @@ fn a_sigterm_stops_the_running_phase_and_leaves_nothing_behind() {
 #[test]
 fn nothing_is_left_behind() {
     require_root!();
-    let world = World::new("leftovers");
+    let world = RunWorld::new("leftovers");
     let id = unique();
     // Limits, so that each phase gets cgroups too.
     let limits = "limits: {memory: 1G, pids: 512}\n";
@@ -2064,11 +1381,13 @@ fn nothing_is_left_behind() {
     ];
     for (what, setup, agent, agent_runs) in &cases {
         // `World::run` checks the run dirs and mounts of the state dir.
-        let run = world.run(&Spec {
-            env: &env_file(&format!("{setup}{limits}")),
-            agent: &["sh", "-c", agent],
-            ..Spec::default()
-        });
+        let run = world.run(
+            &world.env(&env_file(&format!("{setup}{limits}"))),
+            &Spec {
+                agent: &["sh", "-c", agent],
+                ..Spec::default()
+            },
+        );
         assert_ne!(run.code(), None, "{what}: {run:#?}");
         if *agent_runs {
             let run_id = run.expect_value("agent", "RUNID");
@@ -2088,19 +1407,10 @@ fn nothing_is_left_behind() {
     }
 }
 
-/// Removes a directory outside the scratch tree when the test ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn the_state_dir_with_snapshots_and_layers_is_hidden_from_every_phase() {
     require_root!();
-    let mut world = World::new("state-hidden");
+    let mut world = RunWorld::new("state-hidden");
     // Outside /tmp (a fresh tmpfs inside): the base shows /var/tmp.
     world.state = PathBuf::from(format!("/var/tmp/tollgate-test-state-{}", unique()));
     let _cleanup = RemoveOnDrop(world.state.clone());
@@ -2108,22 +1418,28 @@ fn the_state_dir_with_snapshots_and_layers_is_hidden_from_every_phase() {
     let look = format!(
         "echo \"SEEN $(ls -A {state} 2>/dev/null | wc -l) $(cat {state}/cache/*/*/meta.json 2>/dev/null | wc -c)\""
     );
-    let env = env_file(&setup_key(&format!("echo secret-ish > setup-file\n{look}")));
+    let env = world.env(&env_file(&setup_key(&format!(
+        "echo secret-ish > setup-file\n{look}"
+    ))));
     // The first run publishes a snapshot; the second resumes it, so the
     // state dir holds cache/, runs/ and a live layer while both phases look.
     world
-        .run(&Spec {
-            env: &env,
-            agent: &["true"],
-            ..Spec::default()
-        })
+        .run(
+            &env,
+            &Spec {
+                agent: &["true"],
+                ..Spec::default()
+            },
+        )
         .expect_code(0);
     assert!(world.state.join("cache").is_dir(), "no snapshot was made");
-    let run = world.run(&Spec {
-        env: &env,
-        agent: &["sh", "-c", &look],
-        ..Spec::default()
-    });
+    let run = world.run(
+        &env,
+        &Spec {
+            agent: &["sh", "-c", &look],
+            ..Spec::default()
+        },
+    );
     run.expect_code(0);
     assert_eq!(run.expect_value("agent", "SEEN"), "0 0", "{run:#?}");
 }

@@ -8,440 +8,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A state dir that does not exist: no CA is picked up from the host's
-/// /var/lib/tollgate, and nothing is created.
-const NO_STATE: &str = "/nonexistent/tollgate-sandbox-test-state";
-/// Upper bound for one sandboxed run; tests normally take milliseconds.
-const RUN_LIMIT: Duration = Duration::from_secs(15);
-
-// ---------------------------------------------------------------------------
-// Running `tollgate exec`
-
-/// A `tollgate exec` command line: `opts` go before `--` (a `--policy` in
-/// them replaces the default `off`), `command` after it.
-fn exec_command(opts: &[&str], command: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("exec");
-    if !opts.contains(&"--policy") {
-        c.args(["--policy", "off"]);
-    }
-    c.args(opts)
-        .arg("--")
-        .args(command)
-        .env("TOLLGATE_STATE_DIR", NO_STATE)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// What a finished run printed and returned.
-#[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Out {
-    /// The value after `KEY ` on the first stdout line starting so.
-    fn value(&self, key: &str) -> Option<String> {
-        let prefix = format!("{key} ");
-        self.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
-    }
-
-    fn expect_value(&self, key: &str) -> String {
-        self.value(key)
-            .unwrap_or_else(|| panic!("no `{key}` line in the sandbox's output: {self:#?}"))
-    }
-
-    /// `ATTEMPT name rc=N` lines printed by probe scripts.
-    fn attempts(&self) -> Vec<(String, i32)> {
-        self.stdout
-            .lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix("ATTEMPT ")?;
-                let (name, rc) = rest.rsplit_once(" rc=")?;
-                Some((name.to_owned(), rc.trim().parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-/// A running `tollgate exec`: killed (SIGKILL) on drop, and its run
-/// directory removed unless it exited by itself (then it removed it, and
-/// its PID may already belong to another run), so a failing test leaves
-/// nothing behind.
-struct Running {
-    child: Option<Child>,
-    pid: u32,
-    exited_normally: bool,
-    started: Instant,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-}
-
-impl Running {
-    fn spawn(command: &mut Command) -> Running {
-        let mut child = command.spawn().expect("start tollgate exec");
-        let pid = child.id();
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            pipe.map(|mut p| {
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let _ = p.read_to_end(&mut buf);
-                    buf
-                })
-            })
-        };
-        let stdout = drain(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let stderr = drain(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        Running {
-            child: Some(child),
-            pid,
-            exited_normally: false,
-            started: Instant::now(),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("still running")
-    }
-
-    /// Sends `signal` ("TERM", "KILL", ...) to tollgate exec itself.
-    fn signal(&self, signal: &str) {
-        let signal: nix::sys::signal::Signal = format!("SIG{signal}").parse().unwrap();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap());
-        nix::sys::signal::kill(pid, signal).unwrap();
-    }
-
-    /// Waits for the exit (killing it and failing after `limit`).
-    fn finish(mut self, limit: Duration) -> Out {
-        let deadline = self.started + limit;
-        let status = loop {
-            if let Some(status) = self.child().try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child().kill();
-                let _ = self.child().wait();
-                let out = self.collect(None);
-                panic!("tollgate exec did not finish within {limit:?}: {out:#?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let elapsed = self.started.elapsed();
-        self.child = None;
-        self.exited_normally = status.code().is_some();
-        let mut out = self.collect(status.code());
-        out.elapsed = elapsed;
-        if status.code().is_none() {
-            use std::os::unix::process::ExitStatusExt;
-            out.stderr
-                .push_str(&format!("\n[killed by signal {:?}]", status.signal()));
-        }
-        out
-    }
-
-    fn collect(&mut self, code: Option<i32>) -> Out {
-        let text = |h: Option<JoinHandle<Vec<u8>>>| {
-            h.map(|h| String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned())
-                .unwrap_or_default()
-        };
-        Out {
-            code,
-            stdout: text(self.stdout.take()),
-            stderr: text(self.stderr.take()),
-            elapsed: self.started.elapsed(),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if !self.exited_normally {
-            for dir in run_dirs(self.pid) {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-}
-
-/// Runs `sh -c script` in a sandbox with `opts`.
-fn sh(opts: &[&str], script: &str) -> Out {
-    Running::spawn(&mut exec_command(opts, &["sh", "-c", script])).finish(RUN_LIMIT)
-}
-
-/// Runs `bash -c script` in a sandbox with `opts`.
-fn bash(opts: &[&str], script: &str) -> Out {
-    Running::spawn(&mut exec_command(opts, &["bash", "-c", script])).finish(RUN_LIMIT)
-}
-
-/// Asserts a clean exit 0.
-fn ok(out: Out) -> Out {
-    assert_eq!(out.code, Some(0), "sandboxed command failed: {out:#?}");
-    out
-}
-
-// ---------------------------------------------------------------------------
-// Host-side observations
-
-/// Run directories `tollgate exec` (pid `pid`) made on the host.
-fn run_dirs(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("tollgate-run-{pid}-");
-    std::fs::read_dir(std::env::temp_dir())
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Lines of the host's (this process's) mount table that mention `needle`.
-fn host_mounts_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Processes (any namespace) whose mount table mentions `needle`: they are
-/// inside a mount namespace of the sandbox.
-fn processes_with_mounts_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(text) = std::fs::read_to_string(entry.path().join("mountinfo")) {
-            if text.contains(needle) {
-                let cmd = std::fs::read_to_string(entry.path().join("cmdline"))
-                    .unwrap_or_default()
-                    .replace('\0', " ");
-                found.push(format!("pid {name}: {cmd}"));
-            }
-        }
-    }
-    found
-}
-
-/// Host processes whose command line matches the regex `pattern` (pgrep -f).
-fn pgrep(pattern: &str) -> Vec<String> {
-    let out = Command::new("pgrep")
-        .args(["-a", "-f", pattern])
-        .output()
-        .expect("pgrep (procps) must be installed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Polls `check` until it returns true or `limit` passes; its last answer.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A number no other run of this suite uses, for `sleep 30x.<unique>`.
-fn unique() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}{:03}{:09}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// The host's addresses other than loopback (and IPv6 link-local), from
-/// `ip -br addr`.
-fn host_addresses(family: &str) -> Vec<IpAddr> {
-    let out = Command::new("ip")
-        .args([family, "-br", "addr"])
-        .output()
-        .expect("iproute2 must be installed");
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut fields = line.split_whitespace();
-        if fields.next() == Some("lo") {
-            continue;
-        }
-        for field in fields.skip(1) {
-            let Some(Ok(ip)) = field.split('/').next().map(str::parse::<IpAddr>) else {
-                continue;
-            };
-            let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-            if !ip.is_loopback() && !link_local {
-                found.push(ip);
-            }
-        }
-    }
-    found
-}
-
-/// TCP and UDP listeners on one address of the host that count every
-/// connection, datagram and byte that reaches them.
-struct NetCanary {
-    tcp: SocketAddr,
-    udp: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    datagrams: Arc<AtomicUsize>,
-    bytes: Arc<AtomicUsize>,
-}
-
-impl NetCanary {
-    /// Listens on `ip`, on `port` if given (0: any), else on a fresh port.
-    fn start(ip: IpAddr, port: u16) -> Option<NetCanary> {
-        let tcp = TcpListener::bind(SocketAddr::new(ip, port)).ok();
-        let tcp = match tcp {
-            Some(t) => t,
-            None => TcpListener::bind(SocketAddr::new(ip, 0)).ok()?,
-        };
-        let tcp_addr = tcp.local_addr().ok()?;
-        let udp = UdpSocket::bind(tcp_addr)
-            .or_else(|_| UdpSocket::bind(SocketAddr::new(ip, 0)))
-            .ok()?;
-        let udp_addr = udp.local_addr().ok()?;
-        let connections = Arc::new(AtomicUsize::new(0));
-        let datagrams = Arc::new(AtomicUsize::new(0));
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let (c, b) = (connections.clone(), bytes.clone());
-        std::thread::spawn(move || {
-            for stream in tcp.incoming() {
-                let Ok(mut stream) = stream else { return };
-                c.fetch_add(1, Ordering::SeqCst);
-                let b = b.clone();
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = stream.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        b.fetch_add(n, Ordering::SeqCst);
-                    }
-                });
-            }
-        });
-        let (d, b) = (datagrams.clone(), bytes.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            while let Ok((n, _)) = udp.recv_from(&mut buf) {
-                d.fetch_add(1, Ordering::SeqCst);
-                b.fetch_add(n, Ordering::SeqCst);
-            }
-        });
-        Some(NetCanary {
-            tcp: tcp_addr,
-            udp: udp_addr,
-            connections,
-            datagrams,
-            bytes,
-        })
-    }
-
-    fn seen(&self) -> (usize, usize, usize) {
-        (
-            self.connections.load(Ordering::SeqCst),
-            self.datagrams.load(Ordering::SeqCst),
-            self.bytes.load(Ordering::SeqCst),
-        )
-    }
-}
-
-/// `host:port` as a URL authority (brackets for IPv6).
-fn authority(addr: SocketAddr) -> String {
-    match addr.ip() {
-        IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
-        IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Escape attempts: nothing reaches the host's sockets
-
-/// Shell lines that try every direct way to `addr` (TCP) and `udp` (UDP),
-/// each printing `ATTEMPT name rc=N`.
-fn direct_attempts(label: &str, tcp: SocketAddr, udp: SocketAddr) -> String {
-    let (ip, port, uport) = (tcp.ip(), tcp.port(), udp.port());
-    let url = format!("http://{}/escape", authority(tcp));
-    let family = if tcp.is_ipv6() { "-6" } else { "-4" };
-    format!(
-        r#"
-curl --noproxy '*' {family} -sS --max-time 2 -o /dev/null {url} 2>/dev/null; echo "ATTEMPT curl-direct-{label} rc=$?"
-timeout 3 bash -c 'echo escape > /dev/tcp/{ip}/{port}' 2>/dev/null; echo "ATTEMPT bash-tcp-{label} rc=$?"
-timeout 3 bash -c 'echo escape > /dev/udp/{ip}/{uport}' 2>/dev/null; echo "ATTEMPT bash-udp-{label} rc=$?"
-python3 - '{ip}' {port} {uport} <<'PY'
-import socket, sys
-ip, port, uport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fam = socket.AF_INET6 if ':' in ip else socket.AF_INET
-try:
-    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(2)
-    s.connect((ip, port)); s.sendall(b'escape'); rc = 0
-except OSError as e:
-    rc = e.errno or 1
-print('ATTEMPT python-tcp-{label} rc=%d' % rc)
-try:
-    u = socket.socket(fam, socket.SOCK_DGRAM)
-    u.sendto(b'escape', (ip, uport)); rc = 0
-except OSError as e:
-    rc = e.errno or 1
-print('ATTEMPT python-udp-{label} rc=%d' % rc)
-PY
-code=$(curl -sS --max-time 3 -o /dev/null -w '%{{http_code}}' --noproxy '' -x http://127.0.0.1:3128 {url}); echo "PROXIED-{label} $code"
-"#
-    )
-}
 
 #[test]
 fn escape_direct_connections_never_reach_the_hosts_sockets() {
@@ -569,6 +148,39 @@ PY
         0,
         "a host unix socket was reached"
     );
+}
+
+/// Shell lines that try every direct way to `addr` (TCP) and `udp` (UDP),
+/// each printing `ATTEMPT name rc=N`.
+fn direct_attempts(label: &str, tcp: SocketAddr, udp: SocketAddr) -> String {
+    let (ip, port, uport) = (tcp.ip(), tcp.port(), udp.port());
+    let url = format!("http://{}/escape", authority(tcp));
+    let family = if tcp.is_ipv6() { "-6" } else { "-4" };
+    format!(
+        r#"
+curl --noproxy '*' {family} -sS --max-time 2 -o /dev/null {url} 2>/dev/null; echo "ATTEMPT curl-direct-{label} rc=$?"
+timeout 3 bash -c 'echo escape > /dev/tcp/{ip}/{port}' 2>/dev/null; echo "ATTEMPT bash-tcp-{label} rc=$?"
+timeout 3 bash -c 'echo escape > /dev/udp/{ip}/{uport}' 2>/dev/null; echo "ATTEMPT bash-udp-{label} rc=$?"
+python3 - '{ip}' {port} {uport} <<'PY'
+import socket, sys
+ip, port, uport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fam = socket.AF_INET6 if ':' in ip else socket.AF_INET
+try:
+    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(2)
+    s.connect((ip, port)); s.sendall(b'escape'); rc = 0
+except OSError as e:
+    rc = e.errno or 1
+print('ATTEMPT python-tcp-{label} rc=%d' % rc)
+try:
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.sendto(b'escape', (ip, uport)); rc = 0
+except OSError as e:
+    rc = e.errno or 1
+print('ATTEMPT python-udp-{label} rc=%d' % rc)
+PY
+code=$(curl -sS --max-time 3 -o /dev/null -w '%{{http_code}}' --noproxy '' -x http://127.0.0.1:3128 {url}); echo "PROXIED-{label} $code"
+"#
+    )
 }
 
 #[test]
@@ -794,19 +406,6 @@ fn assert_one_allowed_one_denied(records: &[serde_json::Value], kind: &str) {
 
 // ---------------------------------------------------------------------------
 // Filesystem
-
-/// Removes a host file or directory tree a test might leave on failure.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if self.0.is_dir() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
 
 #[test]
 fn fs_writes_and_deletions_on_the_host_root_stay_inside() {
@@ -1091,7 +690,7 @@ exit 0
 fn start_ready(dir: &Scratch, rest: &str) -> Running {
     let bind = format!("{}:/out", dir.0.display());
     let script = format!("echo ready > /out/ready\n{rest}");
-    let mut running = Running::spawn(&mut exec_command(
+    let mut running = start_exec(&mut exec_command(
         &["--bind", &bind],
         &["sh", "-c", &script],
     ));
@@ -1100,7 +699,7 @@ fn start_ready(dir: &Scratch, rest: &str) -> Running {
         let _ = running.child().kill();
         panic!(
             "the sandbox did not start: {:#?}",
-            running.finish(RUN_LIMIT)
+            running.finish(EXEC_LIMIT)
         );
     }
     running
@@ -1129,11 +728,15 @@ fn nothing_left_behind_after_a_normal_exit() {
         &dir,
         "echo data > /tmp/x; echo upper > /etc/tg-upper; exit 3",
     );
-    let pid = running.pid;
-    let out = running.finish(RUN_LIMIT);
+    let pid = running.pid();
+    let out = running.finish(EXEC_LIMIT);
     assert_eq!(out.code, Some(3), "{out:#?}");
     assert_no_traces(pid, "after a normal exit");
-    assert_eq!(run_dirs(pid), Vec::<PathBuf>::new(), "run dir left behind");
+    assert_eq!(
+        run_dirs_of(pid),
+        Vec::<PathBuf>::new(),
+        "run dir left behind"
+    );
 }
 
 #[test]
@@ -1145,11 +748,15 @@ fn nothing_left_behind_after_the_command_is_killed() {
         &dir,
         &format!("sleep 304.{id} & echo upper > /etc/tg-upper; kill -9 $$"),
     );
-    let pid = running.pid;
-    let out = running.finish(RUN_LIMIT);
+    let pid = running.pid();
+    let out = running.finish(EXEC_LIMIT);
     assert_eq!(out.code, Some(137), "SIGKILL is 128 + 9: {out:#?}");
     assert_no_traces(pid, "after kill -9 of the command");
-    assert_eq!(run_dirs(pid), Vec::<PathBuf>::new(), "run dir left behind");
+    assert_eq!(
+        run_dirs_of(pid),
+        Vec::<PathBuf>::new(),
+        "run dir left behind"
+    );
     assert!(pgrep(&format!(r"^sleep 304\.{id}$")).is_empty());
 }
 
@@ -1163,7 +770,7 @@ fn nothing_of_the_sandbox_survives_sigkill_of_tollgate() {
         &dir,
         &format!("echo upper > /etc/tg-upper; sleep 305.{id} & setsid sleep 305.{id} & wait"),
     );
-    let pid = running.pid;
+    let pid = running.pid();
     let needle = format!("tollgate-run-{pid}-");
     // While it runs: the sandbox's processes exist, its mounts are in its
     // own namespace only.
@@ -1191,7 +798,7 @@ fn nothing_of_the_sandbox_survives_sigkill_of_tollgate() {
     assert_no_traces(pid, "after SIGKILL of tollgate exec");
     // A SIGKILLed tollgate cannot remove its run dir; what is left must be
     // inert: no mount (checked above), no process, only its own files.
-    let left = run_dirs(pid);
+    let left = run_dirs_of(pid);
     for dir in &left {
         let mut entries: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -1276,7 +883,7 @@ touch here && echo "TOUCH ok""#,
         ],
     );
     command.env("TG_HOST_SECRET", "s3cr3t-from-host");
-    let out = ok(Running::spawn(&mut command).finish(RUN_LIMIT));
+    let out = ok(exec(&mut command));
     assert_eq!(out.expect_value("PWD"), "/project", "{out:#?}");
     assert_eq!(out.expect_value("ONE"), "1");
     assert_eq!(out.expect_value("EQ"), "a=b c");
@@ -1309,11 +916,10 @@ fn exit_status_passes_through() {
         let out = sh(&[], script);
         assert_eq!(out.code, Some(expected), "`{script}`: {out:#?}");
     }
-    let out = Running::spawn(&mut exec_command(
+    let out = exec(&mut exec_command(
         &[],
         &["/nonexistent/tollgate-test-command"],
-    ))
-    .finish(RUN_LIMIT);
+    ));
     assert_ne!(
         out.code,
         Some(0),
@@ -1398,17 +1004,17 @@ sleep 5 & wait $!"#
     // and of PID 1 exist by then (signal_right_after_start_is_not_lost
     // covers the moments before).
     assert!(
-        eventually(Duration::from_secs(3), || catches(running.pid, number)),
+        eventually(Duration::from_secs(3), || catches(running.pid(), number)),
         "tollgate exec never installed a SIG{signal} handler"
     );
     assert!(
-        eventually(Duration::from_secs(3), || init_of(running.pid)
+        eventually(Duration::from_secs(3), || init_of(running.pid())
             .is_some_and(|init| catches(init, number))),
         "the sandbox's PID 1 never installed a SIG{signal} handler"
     );
     running.signal(signal);
     let reached = eventually(Duration::from_secs(2), || dir.path("got").exists());
-    let out = running.finish(RUN_LIMIT);
+    let out = running.finish(EXEC_LIMIT);
     assert!(
         reached,
         "the command's {signal} trap did not run within 2 s: {out:#?}"
@@ -1445,7 +1051,7 @@ fn signal_right_after_start_is_not_lost() {
     for _ in 0..25 {
         let ready = dir.path("ready");
         let _ = std::fs::remove_file(&ready);
-        let running = Running::spawn(&mut exec_command(
+        let running = start_exec(&mut exec_command(
             &["--bind", &bind],
             &[
                 "sh",
@@ -1457,10 +1063,10 @@ fn signal_right_after_start_is_not_lost() {
         while !ready.exists() && Instant::now() < deadline {
             std::hint::spin_loop();
         }
-        let pid = running.pid;
+        let pid = running.pid();
         running.signal("TERM");
-        let out = running.finish(RUN_LIMIT);
-        let left = run_dirs(pid);
+        let out = running.finish(EXEC_LIMIT);
+        let left = run_dirs_of(pid);
         for dir in &left {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -1479,13 +1085,12 @@ fn signal_right_after_start_is_not_lost() {
 fn stdin_passes_through() {
     require_root!();
     let mut command = exec_command(&[], &["cat"]);
-    command.stdin(Stdio::piped());
-    let mut running = Running::spawn(&mut command);
+    let mut running = start_exec_with_stdin(&mut command);
     {
-        let mut stdin = running.child().stdin.take().unwrap();
+        let mut stdin = running.stdin();
         stdin.write_all(b"hi\nsecond line\n").unwrap();
     }
-    let out = ok(running.finish(RUN_LIMIT));
+    let out = ok(running.finish(EXEC_LIMIT));
     assert_eq!(out.stdout, "hi\nsecond line\n");
 }
 
@@ -1569,11 +1174,8 @@ fn inherited_descriptors_do_not_reach_the_command() {
         .arg(r#"exec 7<"$0" && exec "$@""#)
         .arg(&host_dir.0)
         .args([BIN, "exec", "--policy", "off", "--", "sh", "-c", script])
-        .env("TOLLGATE_STATE_DIR", NO_STATE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = ok(Running::spawn(&mut command).finish(RUN_LIMIT));
+        .env("TOLLGATE_STATE_DIR", NO_STATE);
+    let out = ok(exec(&mut command));
     assert!(
         !host_dir.path("escaped").exists(),
         "the command wrote {} on the host through an inherited fd",
@@ -1632,16 +1234,11 @@ fn tollgates_state_dir_and_ca_key_are_hidden_inside() {
         std::process::id()
     ));
     let _cleanup = RemoveOnDrop(state.clone());
-    let init = std::process::Command::new(BIN)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["ca", "init"])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
+    tool_ok(
+        Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["ca", "init"]),
     );
     let key = state.join("certs/ca.key");
     let script = format!(

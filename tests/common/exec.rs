@@ -1,0 +1,82 @@
+//! `tollgate exec`: a command line, a run with a time limit that leaves
+//! nothing behind on the host even when the test fails, and what probe
+//! scripts print.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::{run_dirs_of, Done, Running, BIN};
+
+/// A state dir that does not exist: no CA is picked up from the host's
+/// /var/lib/tollgate, and nothing is created.
+pub const NO_STATE: &str = "/nonexistent/tollgate-sandbox-test-state";
+/// Upper bound for one sandboxed run; they normally take milliseconds.
+pub const EXEC_LIMIT: Duration = Duration::from_secs(15);
+
+/// A `tollgate exec` command line: `opts` go before `--` (a `--policy` in
+/// them replaces the default `off`), `command` after it.
+pub fn exec_command(opts: &[&str], command: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("exec");
+    if !opts.contains(&"--policy") {
+        c.args(["--policy", "off"]);
+    }
+    c.args(opts)
+        .arg("--")
+        .args(command)
+        .env("TOLLGATE_STATE_DIR", NO_STATE)
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// Starts a `tollgate exec` command line: killed (SIGKILL) on drop, and its
+/// run directories removed unless it exited by itself.
+pub fn start_exec(command: &mut Command) -> Running {
+    Running::spawn(command).on_drop_unless_exited(remove_run_dirs)
+}
+
+/// [`start_exec`] with a pipe for the command's stdin.
+pub fn start_exec_with_stdin(command: &mut Command) -> Running {
+    Running::spawn_with_stdin(command).on_drop_unless_exited(remove_run_dirs)
+}
+
+fn remove_run_dirs(pid: u32) {
+    for dir in run_dirs_of(pid) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Runs a `tollgate exec` command line to its end (at most [`EXEC_LIMIT`]).
+pub fn exec(command: &mut Command) -> Done {
+    start_exec(command).finish(EXEC_LIMIT)
+}
+
+/// Runs `sh -c script` in a sandbox with `opts`.
+pub fn sh(opts: &[&str], script: &str) -> Done {
+    exec(&mut exec_command(opts, &["sh", "-c", script]))
+}
+
+/// Runs `bash -c script` in a sandbox with `opts`.
+pub fn bash(opts: &[&str], script: &str) -> Done {
+    exec(&mut exec_command(opts, &["bash", "-c", script]))
+}
+
+/// Asserts a clean exit 0.
+pub fn ok(done: Done) -> Done {
+    assert_eq!(done.code, Some(0), "sandboxed command failed: {done:#?}");
+    done
+}
+
+impl Done {
+    /// `ATTEMPT name rc=N` lines printed by probe scripts.
+    pub fn attempts(&self) -> Vec<(String, i32)> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("ATTEMPT ")?;
+                let (name, rc) = rest.rsplit_once(" rc=")?;
+                Some((name.to_owned(), rc.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,207 @@
+//! TLS: self-signed loopback servers, the CA `tollgate ca init` makes, and
+//! client configurations.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+use super::upstream::{answer, loopback_server};
+use super::{tool_ok, Scratch, BIN};
+
+/// A rustls server config with a self-signed certificate for `names`, and
+/// the path of that certificate (PEM, in `scratch`) for clients to trust.
+pub fn self_signed_server(
+    names: &[&str],
+    scratch: &Scratch,
+) -> (Arc<rustls::ServerConfig>, PathBuf) {
+    let key =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let pem = scratch.write("self-signed.pem", &key.cert.pem());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![key.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    (Arc::new(config), pem)
+}
+
+/// A loopback HTTPS server (certificate for `names`, self-signed) that
+/// answers like [`Upstream`]; `ca_pem` is the certificate for curl --cacert.
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub ca_pem: PathBuf,
+    _scratch: Scratch,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsUpstream {
+    pub fn start(names: &[&str]) -> TlsUpstream {
+        let scratch = Scratch::new("tls");
+        let (config, ca_pem) = self_signed_server(names, &scratch);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (runtime, listener, addr) = loopback_server();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let h = hits.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, h, s) = (acceptor.clone(), h.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (h, s) = (h.clone(), s.clone());
+                        async move { Ok::<_, hyper::Error>(answer(req, &h, &s).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            hits,
+            ca_pem,
+            _scratch: scratch,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// An HTTPS server that accepts any WebSocket upgrade and echoes raw bytes.
+pub struct WebSocketEcho {
+    pub port: u16,
+    pub ca_pem: PathBuf,
+    _scratch: Scratch,
+}
+
+impl WebSocketEcho {
+    pub fn start(name: &str) -> WebSocketEcho {
+        let scratch = Scratch::new("ws");
+        let (config, ca_pem) = self_signed_server(&[name], &scratch);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let Ok(connection) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut tls = rustls::StreamOwned::new(connection, &mut stream);
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let _ = tls.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = tls.read(&mut buf) {
+                        if n == 0 || tls.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        WebSocketEcho {
+            port,
+            ca_pem,
+            _scratch: scratch,
+        }
+    }
+}
+
+/// A CA made by `tollgate ca init` in a scratch dir, for `--ca-dir`.
+pub struct Ca {
+    dir: Scratch,
+}
+
+impl Ca {
+    pub fn init() -> Ca {
+        let dir = Scratch::new("ca");
+        tool_ok(
+            Command::new(BIN)
+                .args(["ca", "init", "--dir"])
+                .arg(dir.path("ca")),
+        );
+        Ca { dir }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path("ca")
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir().join("ca.crt")
+    }
+}
+
+/// A rustls client configuration (ring, the default protocol versions, no
+/// client certificate) that trusts `roots` only.
+pub fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Roots holding the one certificate in the PEM file `path`.
+pub fn roots_from(path: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read_to_string(path).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+    roots.add(der).unwrap();
+    roots
+}
+
+/// The first flight of a rustls client: a ClientHello naming `sni` (an IP
+/// server name sends none).
+pub fn client_hello(sni: Option<&str>) -> Vec<u8> {
+    let config = client_config(rustls::RootCertStore::empty());
+    let name = match sni {
+        Some(name) => rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap(),
+        None => {
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
+        }
+    };
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    hello
+}
