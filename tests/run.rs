@@ -979,8 +979,7 @@ fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
     let mut problems = Vec::new();
     // (name, body after `version` and `name`, line of the error, words the
     // message must have besides the file name and line). Errors inside an
-    // inline policy name the key; their line counts within the policy
-    // (serde_yaml keeps no positions for a nested mapping it re-reads).
+    // inline policy name the key and the environment file's line.
     let cases: Vec<(&str, String, Option<usize>, Vec<&str>)> = vec![
         (
             "typo-key",
@@ -1021,13 +1020,13 @@ fn bad_environment_files_are_refused_with_file_line_and_a_hint() {
         (
             "bad-inline-policy",
             "internet:\n  agent: {mode: sometimes}\n".into(),
-            None,
+            Some(4),
             vec!["sometimes", "internet.agent"],
         ),
         (
             "bad-inline-pattern",
             "internet:\n  setup: {mode: limited, allow: [\"git*.com\"]}\n".into(),
-            None,
+            Some(4),
             vec!["git*.com", "label-aligned", "internet.setup"],
         ),
     ];
