@@ -39,8 +39,8 @@ pub enum SandboxError {
     Spec { path: PathBuf, detail: String },
     #[error("cannot drop capabilities: {0}")]
     Capabilities(String),
-    #[error("cannot install the seccomp filter: {0}")]
-    Seccomp(String),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("the sandbox thread {0}")]
     Thread(&'static str),
     #[error(transparent)]

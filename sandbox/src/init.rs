@@ -93,10 +93,11 @@ fn run(handoff: &Path) -> Result<i32, SandboxError> {
     // 6. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
     // 7. no_new_privs and no capabilities, in every set and the bounding set;
-    //    then seccomp for what capabilities do not cover: user namespaces,
-    //    TIOCSTI into the caller's terminal, root's keyring, vsock.
+    //    then the seccomp allowlist: only the system calls a container
+    //    without capabilities needs, io_uring and namespaces refused, no
+    //    foreign or x32 ABI (seccomp/mod.rs says why, call by call).
     capabilities::drop_all()?;
-    seccomp::install_filter()?;
+    seccomp::install()?;
     // 8. Nothing in the sandbox may read PID 1's memory or environment.
     nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
     // 9. Exec the command and stay as its reaper.
