@@ -1442,3 +1442,112 @@ fn the_state_dir_with_snapshots_and_layers_is_hidden_from_every_phase() {
     run.expect_code(0);
     assert_eq!(run.expect_value("agent", "SEEN"), "0 0", "{run:#?}");
 }
+
+/// Invariant 10: nothing a later phase can read holds a secret — not the
+/// run's out dir (setup's log and audit records are there while the agent
+/// runs), not the `from_file` source, not another run's out dir — and no
+/// file outside the sandbox holds one at any moment of the run (the spec
+/// reaches PID 1 through a memfd).
+#[test]
+fn no_secret_is_left_where_the_agent_or_the_host_could_read_it() {
+    require_root!();
+    let world = RunWorld::new("secret-nowhere");
+    // Outside /tmp (a fresh tmpfs in every phase): the base shows /var/tmp.
+    let outside = PathBuf::from(format!("/var/tmp/tollgate-test-{}", unique()));
+    std::fs::create_dir_all(&outside).unwrap();
+    let _cleanup = RemoveOnDrop(outside.clone());
+    let upstream = Upstream::start();
+    let port = upstream.port();
+    let id = unique();
+    let token = format!("tgsecret-env-{id}");
+    let file_token = format!("tgsecret-file-{id}");
+    let var = format!("TG_TEST_TOKEN_{id}");
+    let token_file = outside.join("token.txt");
+    std::fs::write(&token_file, &file_token).unwrap();
+    let earlier_out = outside.join("earlier-out");
+    let out = outside.join("out");
+    let setup = format!(
+        "curl -sS --max-time 10 -o /dev/null \"http://internet.test:{port}/login/$TOKEN/$FILETOKEN\"\n\
+         echo \"LEAK $TOKEN $FILETOKEN\"\n\
+         sleep 2\n"
+    );
+    let env = world.env(&env_file(&format!(
+        "{}{INTERNET}cache: {{ttl: 0}}\nsecrets:\n  TOKEN: {{from_env: {var}}}\n  FILETOKEN: {{from_file: {}}}\n",
+        setup_key(&setup),
+        token_file.display()
+    )));
+    // A finished run whose out dir the next one's agent looks into.
+    let spec = Spec {
+        agent: &["true"],
+        vars: &[(&var, &token)],
+        out: Some(&earlier_out),
+        ..Spec::default()
+    };
+    world.run(&env, &spec).expect_code(0);
+
+    let (t, f) = (printf_octal(&token), printf_octal(&file_token));
+    let agent = format!(
+        r#"printf '{t}' > /tmp/n1; printf '{f}' > /tmp/n2
+found() {{ grep -r -a -l -F -f /tmp/n1 "$@" 2>/dev/null; grep -r -a -l -F -f /tmp/n2 "$@" 2>/dev/null; }}
+echo "OUT_LISTED $(ls -A {out} 2>/dev/null | wc -l)"
+echo "OUT_FOUND $(found {out} | wc -l)"
+echo "EARLIER_FOUND $(found {earlier} | wc -l)"
+echo "SOURCE_BYTES $(cat {source} 2>/dev/null | wc -c)"
+echo "OUTSIDE_FOUND $(found {outside} | wc -l)"
+echo "PROC_FOUND $(found /proc/[0-9]*/environ /proc/[0-9]*/cmdline | wc -l)"
+"#,
+        out = out.display(),
+        earlier = earlier_out.display(),
+        source = token_file.display(),
+        outside = outside.display(),
+    );
+    let mut started = world.start(
+        &env,
+        &Spec {
+            agent: &["bash", "-c", &agent],
+            vars: &[(&var, &token)],
+            out: Some(&out),
+            ..Spec::default()
+        },
+    );
+    // While the run goes on, look for either value in every file the host
+    // side could have put it in: its temp files, the state dir, the outputs.
+    let mut holders = Vec::new();
+    let watched = [std::env::temp_dir(), world.state.clone(), out.clone()];
+    while started.running.child().try_wait().unwrap().is_none() {
+        for dir in &watched {
+            for value in [&token, &file_token] {
+                holders.extend(files_containing(dir, value.as_str()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = world.finish(started);
+    run.expect_code(0);
+    assert!(
+        holders.is_empty(),
+        "held a secret during the run: {holders:?}"
+    );
+    for key in [
+        "OUT_LISTED",
+        "OUT_FOUND",
+        "EARLIER_FOUND",
+        "SOURCE_BYTES",
+        "OUTSIDE_FOUND",
+        "PROC_FOUND",
+    ] {
+        assert_eq!(run.expect_value("agent", key), "0", "{key}: {run:#?}");
+    }
+    // Setup did use both values, and its records say so, blanked.
+    assert!(upstream
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.contains(&token) && s.contains(&file_token)));
+    let audit = run.audit();
+    assert!(
+        audit.iter().any(|r| r["path"] == "/login/***/***"),
+        "{audit:#?}"
+    );
+}

@@ -143,11 +143,16 @@ enum Message {
 /// whoever watches it).
 pub type Observer = Arc<dyn Fn(&Record) + Send + Sync>;
 
+/// Rewrites a text field of a record before anyone sees it (a run replaces
+/// secret values with `***` in the method, host and path a client sent).
+pub type Redact = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// A handle to the audit log; clones share one writer.
 #[derive(Clone)]
 pub struct AuditLog {
     queue: SyncSender<Message>,
     ids: Arc<IdSource>,
+    redact: Option<Redact>,
     observer: Option<Observer>,
     _flush_on_drop: Arc<FlushOnLastDrop>,
 }
@@ -170,6 +175,7 @@ impl AuditLog {
         Ok(AuditLog {
             queue: queue.clone(),
             ids: Arc::new(IdSource::new()),
+            redact: None,
             observer: None,
             _flush_on_drop: Arc::new(FlushOnLastDrop { queue }),
         })
@@ -189,8 +195,28 @@ impl AuditLog {
         self.ids.next()
     }
 
+    /// This log, with the method, host and path of every record written
+    /// through it passed through `redact` first: what the redaction removes
+    /// reaches neither the file nor an observer.
+    pub fn redacted(&self, redact: Redact) -> AuditLog {
+        AuditLog {
+            redact: Some(redact),
+            ..self.clone()
+        }
+    }
+
     /// Appends one record.
     pub fn write(&self, record: &Record) {
+        let redacted = self.redact.as_ref().map(|redact| {
+            let mut copy = record.clone();
+            for field in [&mut copy.method, &mut copy.host, &mut copy.path] {
+                if let Some(clean) = field.as_deref().and_then(|text| redact(text)) {
+                    *field = Some(clean);
+                }
+            }
+            copy
+        });
+        let record = redacted.as_ref().unwrap_or(record);
         if let Some(observer) = &self.observer {
             observer(record);
         }
@@ -353,6 +379,39 @@ mod tests {
             bytes_down: 2,
             duration_ms: 3,
         }
+    }
+
+    #[test]
+    fn redaction_reaches_the_file_and_the_observer_before_they_see_a_record() {
+        let dir = std::env::temp_dir().join(format!("tollgate-audit-r-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let observed = seen.clone();
+        let log = AuditLog::open(AuditTarget::File(path.clone()))
+            .unwrap()
+            .redacted(Arc::new(|text: &str| {
+                text.contains("s3cret")
+                    .then(|| text.replace("s3cret", "***"))
+            }))
+            .observed(Arc::new(move |record: &Record| {
+                observed.lock().unwrap().push(record.clone());
+            }));
+        let mut leaky = record("r1");
+        leaky.method = Some("s3cret".into());
+        leaky.host = Some("s3cret.evil.example".into());
+        leaky.path = Some("/login/s3cret".into());
+        log.write(&leaky);
+        log.sync(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("\"host\":\"***.evil.example\""), "{text}");
+        assert!(text.contains("\"path\":\"/login/***\""), "{text}");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].method.as_deref(), Some("***"));
+        assert_eq!(seen[0].path.as_deref(), Some("/login/***"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -76,6 +76,17 @@ impl RunLayers {
         Ok(dir)
     }
 
+    /// Records where this run writes its outputs, so that the phases of
+    /// every run in progress hide them (see [`out_dirs_in_progress`]).
+    pub fn record_out_dir(&self, out: &Path) -> Result<(), LayerError> {
+        let out =
+            std::fs::canonicalize(out).map_err(layer_error(format!("find {}", out.display())))?;
+        std::os::unix::fs::symlink(&out, self.dir.join(OUT_LINK)).map_err(layer_error(format!(
+            "record the output directory in {}",
+            self.dir.display()
+        )))
+    }
+
     /// Where a snapshot is assembled before its rename into the cache.
     pub fn staging(&self) -> PathBuf {
         self.dir.join("snapshot")
@@ -96,6 +107,20 @@ impl Drop for RunLayers {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The name, in a run's directory, of the link to its output directory.
+const OUT_LINK: &str = "out";
+
+/// The output directories of the runs in progress under `runs`.
+pub fn out_dirs_in_progress(runs: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path().join(OUT_LINK)).ok())
+        .collect()
 }
 
 /// Run directories named for a process that no longer exists: what a

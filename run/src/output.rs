@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -31,10 +32,15 @@ pub fn create_out_dir(asked: Option<&Path>, env_name: &str) -> Result<PathBuf, R
     match empty {
         Ok(true) => {}
         Ok(false) => return Err(RunError::OutNotEmpty(dir)),
-        Err(_) => std::fs::create_dir_all(&dir).map_err(RunError::io(format!(
-            "cannot create the output directory {}",
-            dir.display()
-        )))?,
+        // Private: it holds every phase's log and audit records.
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(RunError::io(format!(
+                "cannot create the output directory {}",
+                dir.display()
+            )))?,
     }
     Ok(dir)
 }

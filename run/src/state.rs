@@ -45,6 +45,13 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// The output directories of the runs in progress on this host.
+    pub fn out_dirs_in_progress(&self) -> Vec<PathBuf> {
+        crate::layers::out_dirs_in_progress(&self.runs_dir())
+    }
+}
+
 fn default_state_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/tollgate");

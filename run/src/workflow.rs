@@ -17,7 +17,7 @@ use crate::autosetup::AutoSetup;
 use crate::cache::{self, BuildLock, Meta, Snapshot, SnapshotStore};
 use crate::checkout::{self, CheckedOut, Revision, Target};
 use crate::diff::{self, DiffLayers};
-use crate::environment::{Environment, PhasePolicy, Secret};
+use crate::environment::{Environment, PhasePolicy, Secret, SecretSource};
 use crate::error::RunError;
 use crate::events::{Event, EventSink};
 use crate::layers::RunLayers;
@@ -88,13 +88,16 @@ pub fn run(request: RunRequest, events: EventSink) -> Result<RunResult, RunError
     let key = cache::key(&environment, &source, &secrets)?;
     let out = output::create_out_dir(out.as_deref(), &environment.name)?;
     let layers = RunLayers::create(&state.runs_dir())?;
-    let audit = AuditLog::open(AuditTarget::File(out.join("audit.jsonl")))?;
+    layers.record_out_dir(&out)?;
+    let audit = AuditLog::open(AuditTarget::File(out.join("audit.jsonl")))?
+        .redacted(secret_redaction(&secrets))
+        .observed(decisions_to(events.clone()));
     let shared = Shared {
         base: environment.base.clone(),
-        masks: state.private_dirs(trust.as_ref().map(|ca| ca.dir.as_path())),
+        masks: hidden_from_phases(&state, trust.as_ref(), &environment),
         workdir: checkout::workspace_in_sandbox(&name),
         trust,
-        audit: audit.observed(decisions_to(events.clone())),
+        audit,
         limits: cgroup::Limits {
             memory: environment.limits.memory,
             pids: environment.limits.pids,
@@ -323,12 +326,12 @@ impl Run {
         }
         let out = &self.shared.out;
         self.shared.audit.sync(Duration::from_secs(5));
-        for file in ["audit.jsonl", "diff.patch"] {
-            if output::redact_file(&out.join(file), &self.shared.redact)? {
-                let warning = format!("{file}: contained a secret value, now replaced by ***");
-                self.warn(warning.clone());
-                warnings.push(warning);
-            }
+        // The audit log was redacted as it was written; the diff is the
+        // agent's files, which setup may have left a value in.
+        if output::redact_file(&out.join("diff.patch"), &self.shared.redact)? {
+            let warning = "diff.patch: contained a secret value, now replaced by ***".to_owned();
+            self.warn(warning.clone());
+            warnings.push(warning);
         }
         let result = RunResult {
             env: self.environment.name.clone(),
@@ -555,6 +558,43 @@ fn redactions(secrets: &[Secret]) -> Vec<Vec<u8>> {
         }
     }
     values
+}
+
+/// What no phase may see: tollgate's state (the CA key, snapshots, the
+/// layers of runs), this run's outputs and those of every run in progress
+/// (setup's logs and audit records), and every file a secret is read from.
+fn hidden_from_phases(
+    state: &StateDir,
+    trust: Option<&LoadedCa>,
+    environment: &Environment,
+) -> Vec<PathBuf> {
+    let mut hidden = state.private_dirs(trust.map(|ca| ca.dir.as_path()));
+    hidden.extend(state.out_dirs_in_progress());
+    hidden.extend(
+        environment
+            .secrets
+            .iter()
+            .filter_map(|(_, source)| match source {
+                SecretSource::File(path) => std::fs::canonicalize(path).ok(),
+                SecretSource::Env(_) => None,
+            }),
+    );
+    hidden
+}
+
+/// Replaces secret values with `***` in what clients send (the method,
+/// host and path of audit records).
+fn secret_redaction(secrets: &[Secret]) -> tollgate_proxy::audit::Redact {
+    let values: Vec<String> = secrets.iter().map(|s| s.value().to_owned()).collect();
+    Arc::new(move |text: &str| {
+        if !values.iter().any(|value| text.contains(value.as_str())) {
+            return None;
+        }
+        let mut redactor = secrets::Redactor::new(values.iter().map(|v| v.as_bytes().to_vec()));
+        let mut clean = redactor.push(text.as_bytes());
+        clean.extend(redactor.finish());
+        Some(String::from_utf8_lossy(&clean).into_owned())
+    })
 }
 
 /// Sends every audit record to `events` as it is written.

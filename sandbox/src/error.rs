@@ -35,8 +35,8 @@ pub enum SandboxError {
     UnsafePath(PathBuf),
     #[error("bind {0}: {1}")]
     BadBind(String, String),
-    #[error("cannot read the sandbox spec {path}: {detail}")]
-    Spec { path: PathBuf, detail: String },
+    #[error("the sandbox's spec did not arrive whole: {0}")]
+    Spec(String),
     #[error("cannot drop capabilities: {0}")]
     Capabilities(String),
     #[error(transparent)]

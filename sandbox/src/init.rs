@@ -16,7 +16,7 @@ use crate::fds;
 use crate::reaper::{supervise, Signals};
 use crate::rootfs;
 use crate::seccomp;
-use crate::spec::Handoff;
+use crate::spec::{Handoff, Spec};
 use crate::SandboxError;
 use crate::{dev, mounts, proc};
 
@@ -29,14 +29,18 @@ pub const INIT_ARG: &str = "__sandbox-init";
 const SETUP_FAILED: u8 = 125;
 
 /// Runs PID 1 when this process was started as it (`<exe> __sandbox-init
-/// HANDOFF`): a binary that embeds the sandbox calls this first thing in
-/// `main` and exits with the status it returns.
+/// HOST-PID FD`, FD being the handoff memfd of the host side HOST-PID): a
+/// binary that embeds the sandbox calls this first thing in `main` and
+/// exits with the status it returns.
 pub fn enter_if_requested() -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
     if args.next()? != INIT_ARG {
         return None;
     }
-    let handoff = PathBuf::from(args.next()?);
+    let handoff = PathBuf::from("/proc")
+        .join(args.next()?)
+        .join("fd")
+        .join(args.next()?);
     Some(match run(&handoff) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
@@ -51,10 +55,10 @@ fn run(handoff: &Path) -> Result<i32, SandboxError> {
     //    send one; no descriptor of whoever started us reaches the command.
     let mut signals = Signals::catch()?;
     fds::close_on_exec_above_stderr()?;
-    //    The host side's private handoff file: read it, then remove it, so
-    //    a run whose host side is killed leaves nothing of it behind.
-    let spec = Handoff::read(handoff)?;
-    let _ = std::fs::remove_file(handoff);
+    //    The spec, from the host side's sealed memfd (host /proc is still
+    //    in view).
+    let bytes = std::fs::read(handoff).map_err(SandboxError::io("read the sandbox's spec"))?;
+    let Handoff { spec, scratch } = Handoff::from_bytes(&bytes)?;
     //    Resource limits: join the phase's cgroups while the host's
     //    /sys/fs/cgroup is still in view; every process started from here
     //    on is born inside them.
@@ -68,28 +72,24 @@ fn run(handoff: &Path) -> Result<i32, SandboxError> {
     // 3. Overlay root: the base and any earlier layers read-only; writes go
     //    to an upper layer on a tmpfs that exists only in this mount
     //    namespace, or, for the phases of a run, to the run's own directory.
-    let layers = rootfs::mount_scratch(&spec.scratch, spec.writable.as_deref())?;
+    let layers = rootfs::mount_scratch(&scratch, spec.writable.as_deref())?;
     let base = if spec.layers.is_empty() {
         spec.base.clone()
     } else {
-        rootfs::stackable_base(&spec.base, &spec.scratch)?
+        rootfs::stackable_base(&spec.base, &scratch)?
     };
     rootfs::mount_overlay(&base, &spec.layers, &layers)?;
     mounts::mount_binds(&layers.root, &spec.binds)?;
-    mounts::mask(&layers.root, &spec.masks)?;
+    mounts::mask(&layers.root, &spec.masks, &layers.empty_file)?;
     // 4. /proc for this PID namespace, with the host-global knobs read-only
     //    or hidden (a root without capabilities still owns /proc/sys), a
     //    minimal /dev, a private /tmp.
     proc::mount_proc(&layers.root)?;
     dev::mount_dev(&layers.root)?;
     dev::mount_tmp(&layers.root)?;
-    let injected = rootfs::read_injected(&spec.files)?;
-    for file in &spec.files {
-        let _ = std::fs::remove_file(&file.host);
-    }
     // 5. pivot_root: the host's filesystem is no longer reachable.
     rootfs::pivot_into(&layers.root)?;
-    rootfs::write_injected(&injected)?;
+    rootfs::write_files(&spec.files)?;
     // 6. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
     // 7. no_new_privs and no capabilities, in every set and the bounding set;
@@ -119,7 +119,7 @@ fn die_with_parent() -> Result<(), SandboxError> {
         .map_err(SandboxError::setup("set parent-death signal"))
 }
 
-fn command(spec: &Handoff) -> Command {
+fn command(spec: &Spec) -> Command {
     let (program, args) = spec
         .command
         .split_first()

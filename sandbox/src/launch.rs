@@ -4,7 +4,7 @@
 
 use std::fs::DirBuilder;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,7 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::namespaces::in_new_namespaces;
-use crate::spec::{Handoff, InjectedFile, NewFile, Spec};
+use crate::spec::{Handoff, Spec};
 use crate::SandboxError;
 
 /// How the sandboxed command ended, in the shell's convention.
@@ -27,6 +27,9 @@ pub struct Sandbox {
     init: Pid,
     waiter: Option<JoinHandle<Result<SandboxExit, SandboxError>>>,
     run_dir: PathBuf,
+    /// Kept open until the sandbox ends: PID 1 reads it through
+    /// `/proc/<our pid>/fd/<fd>` when it starts.
+    _handoff: OwnedFd,
 }
 
 /// Refuses early, with one line, what would fail halfway.
@@ -85,13 +88,16 @@ impl Sandbox {
         }
         let run_dir = private_run_dir()?;
         let guard = RunDir(run_dir.clone());
-        let handoff_path = run_dir.join("spec.json");
-        handoff(spec, &run_dir)?.write(&handoff_path)?;
+        let scratch = run_dir.join("scratch");
+        std::fs::create_dir(&scratch)
+            .map_err(SandboxError::io("create the scratch mount point"))?;
+        let handoff = sealed_memfd(&Handoff { spec, scratch }.to_bytes()?)?;
+        let handoff_fd = handoff.as_raw_fd();
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let waiter = std::thread::Builder::new()
             .name("tollgate-sandbox".into())
-            .spawn(move || in_new_namespaces(&handoff_path, listen, output, ready_tx))
+            .spawn(move || in_new_namespaces(handoff_fd, listen, output, ready_tx))
             .map_err(SandboxError::io("start the sandbox thread"))?;
         let (listener, init) = match ready_rx.recv() {
             Ok(ready) => ready,
@@ -109,6 +115,7 @@ impl Sandbox {
                 init,
                 waiter: Some(waiter),
                 run_dir,
+                _handoff: handoff,
             },
             listener,
         ))
@@ -221,30 +228,23 @@ fn private_run_dir() -> Result<PathBuf, SandboxError> {
     Ok(dir)
 }
 
-/// The spec as PID 1 gets it: the files to inject written into the run
-/// directory, and the scratch mount point made there.
-fn handoff(spec: Spec, run_dir: &Path) -> Result<Handoff, SandboxError> {
-    let scratch = run_dir.join("scratch");
-    std::fs::create_dir(&scratch).map_err(SandboxError::io("create the scratch mount point"))?;
-    let mut files = Vec::with_capacity(spec.files.len());
-    for (i, NewFile { sandbox, bytes }) in spec.files.into_iter().enumerate() {
-        let host = run_dir.join(format!("file-{i}"));
-        std::fs::write(&host, bytes)
-            .map_err(SandboxError::io(format!("write {}", host.display())))?;
-        files.push(InjectedFile { sandbox, host });
-    }
-    Ok(Handoff {
-        base: spec.base,
-        layers: spec.layers,
-        writable: spec.writable,
-        scratch,
-        cgroups: spec.cgroups,
-        binds: spec.binds,
-        masks: spec.masks,
-        files,
-        hostname: spec.hostname,
-        workdir: spec.workdir,
-        env: spec.env,
-        command: spec.command,
-    })
+/// `bytes` in a memfd sealed against any change: a file that lives only in
+/// memory, closed on exec, so nothing but PID 1 (through /proc) reads it.
+fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let memfd = memfd_create(
+        c"tollgate-handoff",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(SandboxError::setup("create the handoff memfd"))?;
+    let mut file = std::fs::File::from(memfd);
+    std::io::Write::write_all(&mut file, bytes).map_err(SandboxError::io("write the handoff"))?;
+    let memfd = OwnedFd::from(file);
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals)).map_err(SandboxError::setup("seal the handoff"))?;
+    Ok(memfd)
 }

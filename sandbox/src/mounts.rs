@@ -84,22 +84,43 @@ pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Hides each existing directory of `paths` under an empty, read-only tmpfs.
-pub fn mask(root: &Path, paths: &[PathBuf]) -> Result<(), SandboxError> {
+/// Hides what exists at each of `paths`: a directory under an empty,
+/// read-only tmpfs; any other file under an empty, read-only file (`empty`,
+/// made by the caller on the scratch tmpfs). What is hidden is gone from
+/// view, not merely unreadable: a process with every permission over it
+/// still finds nothing there.
+pub fn mask(root: &Path, paths: &[PathBuf], empty: &Path) -> Result<(), SandboxError> {
     for path in paths {
         let under_root = root.join(path.strip_prefix("/").unwrap_or(path));
-        if !fs::symlink_metadata(&under_root).is_ok_and(|m| m.is_dir()) {
+        let Ok(meta) = fs::symlink_metadata(&under_root) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
             continue;
         }
-        let target = safe_target(root, path, TargetKind::Dir)?;
-        mount(
-            Some("tmpfs"),
-            &target,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=0000,size=4k"),
-        )
-        .map_err(SandboxError::setup(format!("hide {}", path.display())))?;
+        let step = format!("hide {}", path.display());
+        if meta.is_dir() {
+            let target = safe_target(root, path, TargetKind::Dir)?;
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0000,size=4k"),
+            )
+            .map_err(SandboxError::setup(step))?;
+        } else {
+            let target = safe_target(root, path, TargetKind::File)?;
+            mount(Some(empty), &target, none(), MsFlags::MS_BIND, none())
+                .map_err(SandboxError::setup(step.clone()))?;
+            let flags = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC;
+            mount(none(), &target, none(), flags, none()).map_err(SandboxError::setup(step))?;
+        }
     }
     Ok(())
 }

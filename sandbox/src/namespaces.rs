@@ -4,7 +4,7 @@
 //! IPC and UTS; PID 1 is spawned from that thread and inherits them all.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::os::fd::RawFd;
 use std::process::Command;
 use std::sync::mpsc;
 
@@ -25,7 +25,7 @@ const IP: &str = "/usr/sbin/ip";
 /// PID 1, which inherits them all, and stay — its parent-death signal is
 /// tied to this thread — until it exits.
 pub(crate) fn in_new_namespaces(
-    handoff: &Path,
+    handoff: RawFd,
     listen: SocketAddr,
     output: Output,
     ready: mpsc::Sender<(TcpListener, Pid)>,
@@ -49,7 +49,10 @@ pub(crate) fn in_new_namespaces(
         source,
     })?;
     let mut command = Command::new("/proc/self/exe");
-    command.arg(INIT_ARG).arg(handoff);
+    command
+        .arg(INIT_ARG)
+        .arg(std::process::id().to_string())
+        .arg(handoff.to_string());
     output.configure(&mut command)?;
     let mut init = command
         .spawn()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::mounts::none;
-use crate::spec::InjectedFile;
+use crate::spec::NewFile;
 use crate::SandboxError;
 
 /// Where the layers live inside the scratch tmpfs.
@@ -17,6 +17,8 @@ pub struct Layers {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub root: PathBuf,
+    /// An empty file no one may read, bound over masked files.
+    pub empty_file: PathBuf,
 }
 
 /// Stops mounts made here from propagating to the host (and back).
@@ -52,12 +54,16 @@ pub fn mount_scratch(scratch: &Path, writable: Option<&Path>) -> Result<Layers, 
         upper: layer_dir.join("upper"),
         work: layer_dir.join("work"),
         root: scratch.join("root"),
+        empty_file: scratch.join("empty-file"),
     };
     for dir in [&layers.upper, &layers.work, &layers.root] {
         if !dir.is_dir() {
             fs::create_dir(dir).map_err(SandboxError::io(format!("create {}", dir.display())))?;
         }
     }
+    fs::write(&layers.empty_file, b"")
+        .and_then(|()| fs::set_permissions(&layers.empty_file, fs::Permissions::from_mode(0o000)))
+        .map_err(SandboxError::io("create the empty file for masks"))?;
     Ok(layers)
 }
 
@@ -143,22 +149,14 @@ pub fn pivot_into(root: &Path) -> Result<(), SandboxError> {
     nix::unistd::chdir("/").map_err(SandboxError::setup("chdir to /"))
 }
 
-/// Contents of the files to inject, read while the host is still visible.
-pub fn read_injected(files: &[InjectedFile]) -> Result<Vec<(PathBuf, Vec<u8>)>, SandboxError> {
-    files
-        .iter()
-        .map(|f| {
-            fs::read(&f.host)
-                .map(|bytes| (f.sandbox.clone(), bytes))
-                .map_err(SandboxError::io(format!("read {}", f.host.display())))
-        })
-        .collect()
-}
-
 /// Lays files over paths inside (after the pivot, so a symlink at the path
 /// is replaced rather than followed to wherever it points).
-pub fn write_injected(files: &[(PathBuf, Vec<u8>)]) -> Result<(), SandboxError> {
-    for (path, bytes) in files {
+pub fn write_files(files: &[NewFile]) -> Result<(), SandboxError> {
+    for NewFile {
+        sandbox: path,
+        bytes,
+    } in files
+    {
         if fs::symlink_metadata(path).is_ok() {
             fs::remove_file(path)
                 .map_err(SandboxError::io(format!("replace {}", path.display())))?;

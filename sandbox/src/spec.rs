@@ -1,10 +1,7 @@
 //! What a sandbox runs: the caller's [`Spec`], and the [`Handoff`] the host
-//! side gives PID 1 (the spec plus what only the host side knows: where its
-//! scratch mount point is and where the injected files wait). The handoff
-//! travels in a private file, never in the environment or argv, where /proc
-//! would show it.
+//! side gives PID 1 (the spec plus where its scratch mount point is).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,8 +78,9 @@ pub struct Spec {
     /// process of the sandbox runs outside its limits.
     pub cgroups: Vec<PathBuf>,
     pub binds: Vec<Bind>,
-    /// Directories of the base hidden behind an empty read-only tmpfs
-    /// (tollgate's own state: the CA key must never be readable inside).
+    /// Paths of the base hidden: a directory behind an empty read-only
+    /// tmpfs, a file behind an empty read-only file (tollgate's own state,
+    /// a run's outputs, secret files: never visible inside).
     pub masks: Vec<PathBuf>,
     pub files: Vec<NewFile>,
     pub hostname: String,
@@ -150,50 +148,98 @@ impl Spec {
     }
 }
 
-/// A file the host side wrote for PID 1 to lay over a path inside, read
-/// before the root is switched.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct InjectedFile {
-    pub sandbox: PathBuf,
-    pub host: PathBuf,
-}
-
-/// What PID 1 gets from the host side: the spec, with the injected files
-/// written out and the scratch mount point made.
-#[derive(Debug, Serialize, Deserialize)]
+/// What PID 1 gets from the host side: the spec, and the scratch mount
+/// point the host side made for it. It travels in a sealed memfd that PID 1
+/// reads through the host side's `/proc/PID/fd`: never in a file, argv or
+/// the environment, so no secret in it can be left behind or read by
+/// another process than root's.
+#[derive(Debug)]
 pub(crate) struct Handoff {
-    pub base: PathBuf,
-    pub layers: Vec<PathBuf>,
-    pub writable: Option<PathBuf>,
+    pub spec: Spec,
     /// Private host directory the sandbox mounts its scratch tmpfs on.
     pub scratch: PathBuf,
-    pub cgroups: Vec<PathBuf>,
-    pub binds: Vec<Bind>,
-    pub masks: Vec<PathBuf>,
-    pub files: Vec<InjectedFile>,
-    pub hostname: String,
-    pub workdir: PathBuf,
-    pub env: Vec<(String, String)>,
-    pub command: Vec<String>,
+}
+
+/// The part of a handoff serialised as JSON; file contents follow it raw.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    base: PathBuf,
+    layers: Vec<PathBuf>,
+    writable: Option<PathBuf>,
+    scratch: PathBuf,
+    cgroups: Vec<PathBuf>,
+    binds: Vec<Bind>,
+    masks: Vec<PathBuf>,
+    /// Each file's path inside and its length in the bytes that follow.
+    files: Vec<(PathBuf, u64)>,
+    hostname: String,
+    workdir: PathBuf,
+    env: Vec<(String, String)>,
+    command: Vec<String>,
 }
 
 impl Handoff {
-    pub fn write(&self, path: &Path) -> Result<(), SandboxError> {
-        let text = serde_json::to_vec(self).map_err(|e| SandboxError::Spec {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        std::fs::write(path, text).map_err(SandboxError::io(format!("write {}", path.display())))
+    /// `[header length: u64 LE][header JSON][file 0][file 1]...`
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SandboxError> {
+        let spec = &self.spec;
+        let header = Header {
+            base: spec.base.clone(),
+            layers: spec.layers.clone(),
+            writable: spec.writable.clone(),
+            scratch: self.scratch.clone(),
+            cgroups: spec.cgroups.clone(),
+            binds: spec.binds.clone(),
+            masks: spec.masks.clone(),
+            files: spec
+                .files
+                .iter()
+                .map(|f| (f.sandbox.clone(), f.bytes.len() as u64))
+                .collect(),
+            hostname: spec.hostname.clone(),
+            workdir: spec.workdir.clone(),
+            env: spec.env.clone(),
+            command: spec.command.clone(),
+        };
+        let json = serde_json::to_vec(&header).map_err(|e| SandboxError::Spec(e.to_string()))?;
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(json);
+        for file in &spec.files {
+            bytes.extend_from_slice(&file.bytes);
+        }
+        Ok(bytes)
     }
 
-    pub fn read(path: &Path) -> Result<Handoff, SandboxError> {
-        let text = std::fs::read(path).map_err(|e| SandboxError::Spec {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        serde_json::from_slice(&text).map_err(|e| SandboxError::Spec {
-            path: path.to_owned(),
-            detail: e.to_string(),
+    pub fn from_bytes(bytes: &[u8]) -> Result<Handoff, SandboxError> {
+        let bad = |why: &str| SandboxError::Spec(why.to_owned());
+        let (len, rest) = bytes.split_at_checked(8).ok_or_else(|| bad("too short"))?;
+        let len = u64::from_le_bytes(len.try_into().map_err(|_| bad("too short"))?);
+        let len = usize::try_from(len).map_err(|_| bad("header too long"))?;
+        let (json, mut rest) = rest
+            .split_at_checked(len)
+            .ok_or_else(|| bad("header cut"))?;
+        let header: Header = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
+        let mut files = Vec::with_capacity(header.files.len());
+        for (sandbox, len) in header.files {
+            let len = usize::try_from(len).map_err(|_| bad("file too long"))?;
+            let (content, tail) = rest.split_at_checked(len).ok_or_else(|| bad("file cut"))?;
+            files.push(NewFile::new(sandbox, content));
+            rest = tail;
+        }
+        Ok(Handoff {
+            spec: Spec {
+                base: header.base,
+                layers: header.layers,
+                writable: header.writable,
+                cgroups: header.cgroups,
+                binds: header.binds,
+                masks: header.masks,
+                files,
+                hostname: header.hostname,
+                workdir: header.workdir,
+                env: header.env,
+                command: header.command,
+            },
+            scratch: header.scratch,
         })
     }
 }
@@ -201,6 +247,27 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handoff_round_trips_with_its_files_and_refuses_a_cut_one() {
+        let spec = Spec::new("/", vec!["true".into()])
+            .files(vec![
+                NewFile::new("/etc/a", b"first".to_vec()),
+                NewFile::new("/etc/b", vec![0, 255, 10]),
+            ])
+            .env(vec![("K".into(), "V".into())]);
+        let handoff = Handoff {
+            spec: spec.clone(),
+            scratch: PathBuf::from("/run/x"),
+        };
+        let bytes = handoff.to_bytes().unwrap();
+        let back = Handoff::from_bytes(&bytes).unwrap();
+        assert_eq!(back.spec, spec);
+        assert_eq!(back.scratch, PathBuf::from("/run/x"));
+        for cut in [0, 7, 8, 20, bytes.len() - 1] {
+            assert!(Handoff::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn binds_parse_and_refuse_bad_forms() {
