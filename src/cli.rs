@@ -103,10 +103,15 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "The command runs in new mount, PID, network, IPC and UTS namespaces on an \
-    overlay of --base (writes vanish when it exits), with no capabilities and no_new_privs. \
-    Its network namespace has only lo, where the proxy listens on 127.0.0.1:3128; \
-    HTTP_PROXY and friends point at it, and DNS inside fails fast. Needs root.\n\n\
+    after_help = "The command runs in new user, mount, PID, network, IPC, UTS and cgroup \
+    namespaces on an overlay of --base (writes vanish when it exits), as root of its user \
+    namespace but never host root: as root, tollgate maps the sandbox's ids 0-65535 to host \
+    ids from 1879048192 (0x70000000), or to the /etc/subuid and /etc/subgid ranges of a user \
+    named `tollgate` when there are some; run as another user, root inside is that user. \
+    It has no capability, no_new_privs and a seccomp allowlist. Its network namespace has \
+    only lo, where the proxy listens on 127.0.0.1:3128; HTTP_PROXY and friends point at it, \
+    and DNS inside fails fast. A writable --bind must be writable by the sandbox's root \
+    (that host uid). With a terminal, the command gets a terminal of its own.\n\n\
     Example:\n  tollgate exec --policy common-dependencies -- curl -sI https://pypi.org/simple/"
 )]
 pub struct ExecArgs {
@@ -147,9 +152,48 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub workdir: PathBuf,
 
+    /// Memory the sandbox may use (bytes, or K, M, G, T: powers of 1024);
+    /// its processes are OOM-killed beyond it. `none` for no limit.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = limit_size)]
+    pub memory: Limit,
+
+    /// Processes and threads alive at once in the sandbox. `none` for no
+    /// limit.
+    #[arg(long, value_name = "N", default_value = "4096", value_parser = limit_count)]
+    pub pids: Limit,
+
+    /// Bytes each of the sandbox's tmpfs mounts may hold: the writable
+    /// layer, /tmp and /dev/shm.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = size)]
+    pub tmpfs_size: u64,
+
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A limit, or none.
+pub type Limit = Option<u64>;
+
+fn size(text: &str) -> Result<u64, String> {
+    tollgate_run::environment::parse_size(text)
+}
+
+fn limit_size(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    size(text).map(Some)
+}
+
+fn limit_count(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(n)),
+        _ => Err(format!("{text:?} is not a positive whole number (or none)")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,7 +16,7 @@ use crate::cli::{CaCommand, CacheCommand, Cli, Command, PolicyCommand};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    if let Some(code) = tollgate_sandbox::init::enter_if_requested() {
+    if let Some(code) = tollgate_sandbox::enter_if_requested() {
         return code;
     }
     let cli = Cli::parse();

@@ -877,17 +877,20 @@ fn nothing_is_left_behind() {
         let run = world.run_ok_with_result(&env, &opts);
         assert_eq!(run.status(), expected, "{}", run.done.stderr);
         let pid = run.pid;
-        // The phase had cgroups of its own (the host enforces limits).
+        // The phase had cgroups of its own (the host enforces limits), and
+        // a cgroup namespace rooted at them: inside, every hierarchy shows
+        // the agent at its root, never the host's tree.
         let log = std::fs::read_to_string(run.out.join("agent.log")).unwrap();
-        let own: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains(&format!("tollgate-{pid}-")))
-            .collect();
         let enforced = run.result()["warnings"]
             .as_array()
             .is_some_and(|w| w.is_empty());
         if enforced {
-            assert!(!own.is_empty(), "the agent was in no phase cgroup:\n{log}");
+            let placed: Vec<&str> = log.lines().filter(|l| l.contains(':')).collect();
+            assert!(!placed.is_empty(), "no cgroups listed:\n{log}");
+            assert!(
+                placed.iter().all(|l| l.ends_with(":/")),
+                "the agent sees the host's cgroup tree:\n{log}"
+            );
         }
         assert!(
             world.run_dirs().is_empty(),

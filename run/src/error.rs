@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use thiserror::Error;
 use tollgate_proxy::audit::AuditError;
 use tollgate_proxy::policy::PolicyError;
-use tollgate_sandbox::cgroup::CgroupError;
 use tollgate_sandbox::SandboxError;
 
 use crate::cache::{CacheError, StoreError};
@@ -44,11 +43,6 @@ pub enum RunError {
     Diff(#[from] DiffError),
     #[error(transparent)]
     Audit(#[from] AuditError),
-    #[error("{phase} phase: cannot set up its cgroup: {source}")]
-    Cgroup {
-        phase: &'static str,
-        source: CgroupError,
-    },
     #[error("--out {}: not empty; give a new or empty directory (results are never overwritten)", .0.display())]
     OutNotEmpty(PathBuf),
     #[error("{what}: {source}")]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tollgate_proxy::audit::AuditLog;
 use tollgate_proxy::policy::Policy;
-use tollgate_sandbox::cgroup::{self, PhaseCgroup};
+use tollgate_sandbox::cgroup;
 use tollgate_sandbox::{Bind, NewFile, Output, Spec};
 
-use crate::enclave::{Enclave, Network, Stopped, Supervision};
+use crate::enclave::{Enclave, Limits, Network, Stopped, Supervision};
 use crate::error::RunError;
 use crate::events::{Event, EventSink};
 use crate::output::PhaseStream;
@@ -54,6 +54,8 @@ pub struct Shared {
     pub trust: Option<LoadedCa>,
     pub audit: AuditLog,
     pub limits: cgroup::Limits,
+    /// Bytes each tmpfs of a phase (/tmp, /dev/shm) may hold.
+    pub tmpfs_size: Option<u64>,
     pub run_id: String,
     pub out: PathBuf,
     /// Byte strings no output may show (secret values).
@@ -65,26 +67,15 @@ pub struct Shared {
 /// Runs one phase to its end. Also returns a warning for each limit the
 /// host cannot enforce (reported as the phase starts).
 pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<String>), RunError> {
-    let (cgroup, report) =
-        PhaseCgroup::create(&format!("{}-{}", shared.run_id, plan.name), &shared.limits).map_err(
-            |source| RunError::Cgroup {
-                phase: plan.name,
-                source,
-            },
-        )?;
-    let warnings = report.warnings();
-    for warning in &warnings {
-        (shared.events)(Event::Warning(warning.clone()));
-    }
     let spec = Spec::new(shared.base.clone(), plan.command)
         .layers(plan.read_only)
         .writable(plan.writable)
-        .cgroups(cgroup.procs_files())
         .binds(plan.binds)
         .masks(shared.masks.clone())
         .files(plan.files)
         .workdir(shared.workdir.clone())
-        .env(plan.env);
+        .env(plan.env)
+        .tmpfs_size(shared.tmpfs_size);
     let log_name = format!("{}.log", plan.name);
     let (read, write) = nix::unistd::pipe().map_err(|e| {
         RunError::io("cannot create the phase's output pipe")(std::io::Error::from(e))
@@ -105,7 +96,15 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
         trust: shared.trust.as_ref(),
         shutdown_grace: Duration::ZERO,
     };
-    let enclave = Enclave::start(spec, network, Output::Pipe(write))?;
+    let limits = Limits {
+        name: &format!("{}-{}", shared.run_id, plan.name),
+        limits: shared.limits,
+    };
+    let enclave = Enclave::start(spec, network, limits, Output::Pipe(write))?;
+    let warnings = enclave.warnings().to_vec();
+    for warning in &warnings {
+        (shared.events)(Event::Warning(warning.clone()));
+    }
     let ended = enclave
         .supervise(Supervision::Stop {
             timeout: plan.timeout,
@@ -113,11 +112,6 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
             grace: STOP_GRACE,
         })
         .await?;
-    let oom_killed = cgroup.oom_killed();
-    // Emptying and removing the cgroup may take a moment of retries.
-    tokio::task::spawn_blocking(move || drop(cgroup))
-        .await
-        .map_err(|_| RunError::Panicked("cgroup cleanup"))?;
     let duration = started.elapsed();
     tokio::task::spawn_blocking(move || stream.finish())
         .await
@@ -128,7 +122,7 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
         exit_code: if timed_out { TIMED_OUT } else { ended.code },
         duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         timed_out,
-        oom_killed,
+        oom_killed: ended.oom_killed,
         interrupted: ended.stopped == Some(Stopped::Cancelled),
         log: log_name,
     };

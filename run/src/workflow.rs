@@ -102,6 +102,12 @@ pub fn run(request: RunRequest, events: EventSink) -> Result<RunResult, RunError
             memory: environment.limits.memory,
             pids: environment.limits.pids,
         },
+        tmpfs_size: Some(
+            environment
+                .limits
+                .tmpfs
+                .unwrap_or(tollgate_sandbox::DEFAULT_TMPFS_SIZE),
+        ),
         run_id: layers.id().to_owned(),
         out: out.clone(),
         redact: redactions(&secrets),

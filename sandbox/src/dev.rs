@@ -1,4 +1,9 @@
 //! A minimal /dev and a private /tmp.
+//!
+//! The device nodes are the host's, bound in read-only: what is done with
+//! them inside (reading, writing) is what they are for, but their mode,
+//! owner and times cannot be changed from inside, even by a process that
+//! owned them.
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -6,35 +11,68 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use crate::mounts::{none, safe_target, TargetKind};
+use crate::mounts::{bind_read_only, safe_target, TargetKind};
+use crate::rootfs::size_option;
 use crate::SandboxError;
 
 /// Device nodes bound in from the host: what programs expect to open.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// The terminal made for the command (PID 1's standard input in that
+/// case), bound as /dev/console, where `tty` and ttyname(3) find it. It is
+/// bound by its path in the host's /dev/pts (as this mount namespace's
+/// copy shows it): a mount the descriptor's own path names belongs to the
+/// host's namespace, and may not be bound here.
+const CONSOLE: &str = "/proc/self/fd/0";
+/// /dev holds directories, links and mount points: a little is plenty.
+const DEV_SIZE: u64 = 64 * 1024;
 
-/// A minimal /dev: a few character devices, a private devpts, /dev/shm.
-/// Host disks and everything else in the host's /dev stay invisible.
-pub fn mount_dev(root: &Path) -> Result<(), SandboxError> {
+/// How the sandbox's own tmpfs mounts are made.
+#[derive(Debug, Clone, Copy)]
+pub struct Tmpfs {
+    /// Bytes each may hold; None: the kernel's default, half of RAM.
+    pub size: Option<u64>,
+    /// The host uid and gid of the sandbox's root, as root (so that /tmp is
+    /// root's inside); None rootless (the mounter is root inside already).
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Tmpfs {
+    fn options(&self, mode: &str) -> String {
+        let mut options = size_option(&format!("mode={mode}"), self.size);
+        if let Some((uid, gid)) = self.owner {
+            options.push_str(&format!(",uid={uid},gid={gid}"));
+        }
+        options
+    }
+}
+
+/// A minimal /dev: a few character devices, a private devpts, /dev/shm,
+/// and when the command has a terminal of its own, /dev/console. Host
+/// disks and everything else in the host's /dev stay invisible.
+pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: bool) -> Result<(), SandboxError> {
     let dev = safe_target(root, Path::new("/dev"), TargetKind::Dir)?;
+    let options = Tmpfs {
+        size: Some(DEV_SIZE),
+        ..tmpfs
+    }
+    .options("0755");
     mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755"),
+        Some(options.as_str()),
     )
     .map_err(SandboxError::setup("mount /dev tmpfs"))?;
-    for name in DEVICES {
+    let nodes = DEVICES
+        .iter()
+        .map(|name| (*name, Path::new("/dev").join(name)))
+        .chain(console.then(console_path).flatten());
+    for (name, source) in nodes {
         let target = dev.join(name);
         fs::write(&target, b"").map_err(SandboxError::io(format!("create /dev/{name}")))?;
-        mount(
-            Some(&Path::new("/dev").join(name)),
-            &target,
-            none(),
-            MsFlags::MS_BIND,
-            none(),
-        )
-        .map_err(SandboxError::setup(format!("bind /dev/{name}")))?;
+        bind_read_only(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+            .map_err(SandboxError::setup(format!("bind /dev/{name} read-only")))?;
     }
     let pts = dev.join("pts");
     fs::create_dir(&pts).map_err(SandboxError::io("create /dev/pts"))?;
@@ -48,12 +86,13 @@ pub fn mount_dev(root: &Path) -> Result<(), SandboxError> {
     .map_err(SandboxError::setup("mount /dev/pts"))?;
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(SandboxError::io("create /dev/shm"))?;
+    let options = tmpfs.options("1777");
     mount(
         Some("tmpfs"),
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
+        Some(options.as_str()),
     )
     .map_err(SandboxError::setup("mount /dev/shm"))?;
     for (link, target) in [
@@ -68,15 +107,21 @@ pub fn mount_dev(root: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Where the command's terminal is in this mount namespace.
+fn console_path() -> Option<(&'static str, std::path::PathBuf)> {
+    fs::read_link(CONSOLE).ok().map(|path| ("console", path))
+}
+
 /// A private /tmp.
-pub fn mount_tmp(root: &Path) -> Result<(), SandboxError> {
+pub fn mount_tmp(root: &Path, tmpfs: Tmpfs) -> Result<(), SandboxError> {
     let tmp = safe_target(root, Path::new("/tmp"), TargetKind::Dir)?;
+    let options = tmpfs.options("1777");
     mount(
         Some("tmpfs"),
         &tmp,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
+        Some(options.as_str()),
     )
     .map_err(SandboxError::setup("mount /tmp"))
 }

@@ -5,10 +5,16 @@ use thiserror::Error;
 /// Why a sandbox could not be set up; each says what to do.
 #[derive(Debug, Error)]
 pub enum SandboxError {
-    #[error(
-        "tollgate exec needs root (namespaces and overlay mounts): run it as root or with sudo"
-    )]
-    NotRoot,
+    #[error("this host refuses unprivileged user namespaces ({sysctl}), which tollgate needs when not run as root: run it as root, or allow them with `sysctl -w {fix}`")]
+    UserNamespacesRefused { sysctl: String, fix: &'static str },
+    #[error("user ids: {0}")]
+    Ids(String),
+    #[error("{0}")]
+    Stdio(String),
+    #[error("the sandbox could not be set up: {0}")]
+    StageFailed(String),
+    #[error("the sandbox could not be set up (its stage exited with {0}; the reason is above)")]
+    Stage(i32),
     #[error("this kernel has no overlayfs: load it with `modprobe overlay`")]
     NoOverlay,
     #[error("cannot create {what} namespace: {source} (is this a container without CAP_SYS_ADMIN, or are user/namespace limits set to 0?)")]

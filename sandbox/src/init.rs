@@ -1,134 +1,196 @@
-//! PID 1 of the sandbox. Builds the root filesystem, gives up every
-//! privilege, runs the command and supervises it.
+//! PID 1 of the sandbox. Builds the root filesystem, starts the command in
+//! a user namespace of its own, gives up every privilege it had, and
+//! supervises the command.
 //!
 //! The order is the one careful runtimes use (nsjail's containProc, youki's
-//! init): every step that needs privilege happens before the step that drops
-//! it, and nothing reaches the command before the last one.
+//! init): every step that needs privilege happens before the step that
+//! drops it, and nothing reaches the command before its last one. The
+//! stage ([`crate::stage`]) has already made the network namespace (with
+//! the proxy's listener in it), joined the cgroups and made the mount, PID,
+//! IPC, UTS and cgroup namespaces we are PID 1 of.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::os::fd::AsFd;
+use std::path::Path;
 
-use nix::unistd::Pid;
+use nix::unistd::{setgroups, setresgid, setresuid, Gid, Pid, Uid};
 
-use crate::capabilities;
-use crate::cgroup;
-use crate::fds;
+use crate::command::{self, Pending};
+use crate::dev::{self, Tmpfs};
+use crate::ids::IdMapping;
 use crate::reaper::{supervise, Signals};
-use crate::rootfs;
-use crate::seccomp;
-use crate::spec::{Handoff, Spec};
-use crate::SandboxError;
-use crate::{dev, mounts, proc};
+use crate::rootfs::{self, Idmap, Mounter};
+use crate::spec::Handoff;
+use crate::stage::SETUP_FAILED;
+use crate::{capabilities, mounts, proc, split_root, sys, SandboxError};
 
-/// The hidden subcommand the host side runs for PID 1.
-pub const INIT_ARG: &str = "__sandbox-init";
-
-/// Exit status of PID 1 when the sandbox could not be set up (as
-/// `env`/`chroot` report a failure of their own, distinct from the
-/// command's statuses).
-const SETUP_FAILED: u8 = 125;
-
-/// Runs PID 1 when this process was started as it (`<exe> __sandbox-init
-/// HOST-PID FD`, FD being the handoff memfd of the host side HOST-PID): a
-/// binary that embeds the sandbox calls this first thing in `main` and
-/// exits with the status it returns.
-pub fn enter_if_requested() -> Option<ExitCode> {
-    let mut args = std::env::args_os().skip(1);
-    if args.next()? != INIT_ARG {
-        return None;
-    }
-    let handoff = PathBuf::from("/proc")
-        .join(args.next()?)
-        .join("fd")
-        .join(args.next()?);
-    Some(match run(&handoff) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(e) => {
-            eprintln!("tollgate: sandbox: {e}");
-            ExitCode::from(SETUP_FAILED)
+/// Runs PID 1 to its end; its exit status is the command's (or
+/// [`SETUP_FAILED`] when the sandbox could not be built).
+pub(crate) fn run(handoff: Handoff) -> i32 {
+    match build_and_supervise(handoff) {
+        Ok(code) => code,
+        Err(Ended::Setup(error)) => {
+            eprintln!("tollgate: sandbox: {error}");
+            i32::from(SETUP_FAILED)
         }
-    })
+        Err(Ended::NotRun(code, why)) => {
+            eprintln!("tollgate: sandbox: {why}");
+            code
+        }
+    }
 }
 
-fn run(handoff: &Path) -> Result<i32, SandboxError> {
+enum Ended {
+    Setup(SandboxError),
+    NotRun(i32, String),
+}
+
+impl From<SandboxError> for Ended {
+    fn from(error: SandboxError) -> Ended {
+        Ended::Setup(error)
+    }
+}
+
+fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
+    let Handoff {
+        spec,
+        scratch,
+        ids,
+        console,
+        ..
+    } = handoff;
     // 0. Handlers for every signal PID 1 must not miss, before anything can
     //    send one; no descriptor of whoever started us reaches the command.
     let mut signals = Signals::catch()?;
-    fds::close_on_exec_above_stderr()?;
-    //    The spec, from the host side's sealed memfd (host /proc is still
-    //    in view).
-    let bytes = std::fs::read(handoff).map_err(SandboxError::io("read the sandbox's spec"))?;
-    let Handoff { spec, scratch } = Handoff::from_bytes(&bytes)?;
-    //    Resource limits: join the phase's cgroups while the host's
-    //    /sys/fs/cgroup is still in view; every process started from here
-    //    on is born inside them.
-    cgroup::join(&spec.cgroups)?;
-    // 1. Namespaces: the host side created network, mount, PID, IPC and UTS
-    //    namespaces for us; we are PID 1 of the new PID namespace. If the
-    //    host side dies, so do we, and with PID 1 the whole namespace.
+    sys::close_on_exec_above_stderr().map_err(SandboxError::setup(
+        "mark inherited descriptors close-on-exec",
+    ))?;
+    // 1. If the stage dies, so do we, and with PID 1 the whole namespace.
     die_with_parent()?;
     // 2. Mount propagation private, so no mount below leaks to the host.
     rootfs::make_mounts_private()?;
-    // 3. Overlay root: the base and any earlier layers read-only; writes go
-    //    to an upper layer on a tmpfs that exists only in this mount
-    //    namespace, or, for the phases of a run, to the run's own directory.
-    let layers = rootfs::mount_scratch(&scratch, spec.writable.as_deref())?;
-    let base = if spec.layers.is_empty() {
-        spec.base.clone()
-    } else {
-        rootfs::stackable_base(&spec.base, &scratch)?
+    // 3. A scratch tmpfs of this mount namespace for everything that
+    //    follows, and a /proc of our PID namespace on it (the one in view
+    //    is the host's, where our children's pids mean other processes).
+    let mut mounter = Mounter {
+        scratch: scratch.clone(),
+        idmap: None,
+        tmpfs_size: spec.tmpfs_size,
     };
-    rootfs::mount_overlay(&base, &spec.layers, &layers)?;
-    mounts::mount_binds(&layers.root, &spec.binds)?;
-    mounts::mask(&layers.root, &spec.masks, &layers.empty_file)?;
-    // 4. /proc for this PID namespace, with the host-global knobs read-only
-    //    or hidden (a root without capabilities still owns /proc/sys), a
-    //    minimal /dev, a private /tmp.
-    proc::mount_proc(&layers.root)?;
-    dev::mount_dev(&layers.root)?;
-    dev::mount_tmp(&layers.root)?;
-    // 5. pivot_root: the host's filesystem is no longer reachable.
+    mounter.mount_scratch()?;
+    let our_proc = mounter.own_proc()?;
+    // 4. User namespace: the command's process is forked now, and (as
+    //    root) makes the user namespace it will run in; we map its ids to
+    //    the unprivileged host range (ids.rs) and keep a handle on it for
+    //    the idmapped layers.
+    let pending = command::fork(&spec, &ids, console)?;
+    mounter.idmap = map_ids(&ids, &our_proc.join(pending.pid.to_string()))?;
+    // 5. Overlay root: the base and any earlier layers read-only, idmapped
+    //    as root so their files keep their owners inside; writes go to an
+    //    upper layer on a sized tmpfs, or, for the phases of a run, to the
+    //    run's own directory.
+    let mut read_only = Vec::with_capacity(spec.layers.len());
+    for (i, layer) in spec.layers.iter().enumerate() {
+        read_only.push(mounter.layer(layer, &format!("layer-{i}"))?);
+    }
+    let layers = mounter.writable(spec.writable.as_deref())?;
+    if mounter.idmap.is_none() && split_root::has_mounts_below(&spec.base) {
+        split_root::mount_root(&mounter, &spec.base, &read_only, &layers)?;
+    } else {
+        let base = mounter.layer(&spec.base, "lower-base")?;
+        let base = if read_only.is_empty() {
+            base
+        } else {
+            mounter.stackable(&base)?
+        };
+        mounter.root(&base, &read_only, &layers)?;
+    }
+    // 6. Host paths bound in; tollgate's state, outputs and secret files
+    //    hidden (masked, not merely unreadable).
+    mounter.as_sandbox_root(|| -> Result<(), SandboxError> {
+        let userns = mounter.idmap.as_ref().map(|idmap| idmap.userns.as_fd());
+        mounts::mount_binds(&layers.root, &spec.binds, userns)?;
+        mounts::mask(&layers.root, &spec.masks, &layers.empty_file)?;
+        // 7. /proc for this PID namespace, host-global knobs read-only and
+        //    leaky files hidden; a minimal /dev whose nodes are read-only
+        //    binds (and the command's terminal as /dev/console); sized
+        //    /tmp and /dev/shm. (Mount points are made as the sandbox's
+        //    root: they are files of its layers.)
+        let tmpfs = Tmpfs {
+            size: spec.tmpfs_size,
+            owner: mounter
+                .idmap
+                .as_ref()
+                .map(|idmap| (idmap.root_uid, idmap.root_gid)),
+        };
+        proc::mount_proc(&layers.root)?;
+        dev::mount_dev(&layers.root, tmpfs, console)?;
+        dev::mount_tmp(&layers.root, tmpfs)
+    })??;
+    // 8. pivot_root: the host's filesystem is no longer reachable. Then
+    //    the files laid over the root (resolv.conf, the CA bundle, ...).
     rootfs::pivot_into(&layers.root)?;
-    rootfs::write_files(&spec.files)?;
-    // 6. Own hostname (UTS namespace).
+    mounter.as_sandbox_root(|| rootfs::write_files(&spec.files))??;
+    // 9. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
-    // 7. no_new_privs and no capabilities, in every set and the bounding set;
-    //    then the seccomp allowlist: only the system calls a container
-    //    without capabilities needs, io_uring and namespaces refused, no
-    //    foreign or x32 ABI (seccomp/mod.rs says why, call by call).
-    capabilities::drop_all()?;
-    seccomp::install()?;
-    // 8. Nothing in the sandbox may read PID 1's memory or environment.
-    nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
-    // 9. Exec the command and stay as its reaper.
-    let child = command(&spec).spawn().map_err(|e| SandboxError::Io {
-        step: format!("run {}", spec.command.first().map_or("", String::as_str)),
-        source: e,
-    })?;
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    supervise(&mut signals, pid)
+    drop(mounter);
+    // 10. The command: it becomes root of its user namespace, takes its
+    //     terminal, drops every capability, sets no_new_privs, installs the
+    //     seccomp allowlist and execs (command.rs).
+    let child = start(pending)?;
+    // 11. We give up every privilege we had: as root, the host ids of the
+    //     sandbox's root (so we may still signal and reap the command, and
+    //     nothing else); no capability; not dumpable, so nothing in the
+    //     sandbox may read our memory or environment.
+    drop_privileges(&ids)?;
+    // 12. Reap, forward signals, and end the namespace with the command.
+    Ok(supervise(&mut signals, child)?)
 }
 
-/// SIGKILL when the host side goes, and the PID namespace with us.
-///
-/// (getppid() is 0 for PID 1 of a new namespace, so a host side that died
-/// before this call cannot be detected here; it took the proxy's listener
-/// with it, so such a sandbox has no network at all: it fails closed.)
+/// As root: writes the command process's id maps and opens its user
+/// namespace for the idmapped layers. Rootless: nothing to do (the stage's
+/// user namespace is the sandbox's).
+fn map_ids(ids: &IdMapping, proc: &Path) -> Result<Option<Idmap>, SandboxError> {
+    let Some((uid_map, gid_map)) = ids.map_lines() else {
+        return Ok(None);
+    };
+    for (file, text) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        std::fs::write(proc.join(file), text)
+            .map_err(SandboxError::io(format!("write the command's {file}")))?;
+    }
+    let userns = std::fs::File::open(proc.join("ns/user"))
+        .map_err(SandboxError::io("open the command's user namespace"))?;
+    Ok(Some(Idmap {
+        userns: userns.into(),
+        root_uid: ids.host_root_uid(),
+        root_gid: ids.host_root_gid(),
+    }))
+}
+
+fn start(pending: Pending) -> Result<Pid, Ended> {
+    pending.go().map_err(|(code, why)| Ended::NotRun(code, why))
+}
+
+/// PID 1 keeps nothing it does not need to reap and signal the command.
+fn drop_privileges(ids: &IdMapping) -> Result<(), SandboxError> {
+    if let IdMapping::Mapped { .. } = ids {
+        let (uid, gid) = (
+            Uid::from_raw(ids.host_root_uid()),
+            Gid::from_raw(ids.host_root_gid()),
+        );
+        setgroups(&[]).map_err(SandboxError::setup("drop PID 1's groups"))?;
+        setresgid(gid, gid, gid).map_err(SandboxError::setup("drop PID 1's gid"))?;
+        // All uids nonzero: every capability is gone with them.
+        setresuid(uid, uid, uid).map_err(SandboxError::setup("drop PID 1's uid"))?;
+        // A uid change clears the parent-death signal.
+        die_with_parent()?;
+    } else {
+        capabilities::drop_all()?;
+    }
+    nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))
+}
+
+/// SIGKILL when the stage goes, and the PID namespace with us.
 fn die_with_parent() -> Result<(), SandboxError> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(SandboxError::setup("set parent-death signal"))
-}
-
-fn command(spec: &Spec) -> Command {
-    let (program, args) = spec
-        .command
-        .split_first()
-        .map_or(("/bin/true", &[][..]), |(p, a)| (p.as_str(), a));
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.workdir);
-    command
 }

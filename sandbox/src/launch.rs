@@ -1,42 +1,43 @@
 //! The host side of a sandbox: preflight checks, a private run directory
-//! holding the handoff for PID 1, the thread that creates the namespaces
-//! ([`crate::namespaces`]), and handles to wait for and signal PID 1.
+//! (the scratch mount point and the control socket), the handoff memfd, the
+//! stage process ([`crate::stage`]) that creates the sandbox, its terminal,
+//! and handles to wait for and signal PID 1.
 
 use std::fs::DirBuilder;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::namespaces::in_new_namespaces;
+use crate::control::{Control, ControlListener, Message};
+use crate::ids::{self, IdMapping};
+use crate::pty::{self, Relay, Terminals};
 use crate::spec::{Handoff, Spec};
-use crate::SandboxError;
+use crate::stage::STAGE_ARG;
+use crate::{stdio, sys, SandboxError};
 
 /// How the sandboxed command ended, in the shell's convention.
 pub type SandboxExit = i32;
 
 /// A running sandbox. Dropping it removes its run directory.
 pub struct Sandbox {
+    stage: Child,
     init: Pid,
-    waiter: Option<JoinHandle<Result<SandboxExit, SandboxError>>>,
     run_dir: PathBuf,
-    /// Kept open until the sandbox ends: PID 1 reads it through
+    /// Kept open until the sandbox ends: the stage reads it through
     /// `/proc/<our pid>/fd/<fd>` when it starts.
     _handoff: OwnedFd,
+    terminal: Option<Relay>,
 }
 
-/// Refuses early, with one line, what would fail halfway.
+/// Refuses early, with one line, what would fail halfway: no overlayfs, or
+/// (not root) a host that refuses unprivileged user namespaces.
 pub fn preflight() -> Result<(), SandboxError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(SandboxError::NotRoot);
-    }
     let filesystems = std::fs::read_to_string("/proc/filesystems")
         .map_err(SandboxError::io("read /proc/filesystems"))?;
     if !filesystems
@@ -45,31 +46,112 @@ pub fn preflight() -> Result<(), SandboxError> {
     {
         return Err(SandboxError::NoOverlay);
     }
-    Ok(())
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    match user_namespaces_refused(|path| std::fs::read_to_string(path).ok()) {
+        Some(refused) => Err(refused),
+        None => Ok(()),
+    }
+}
+
+/// The setting, if any, by which this host refuses unprivileged user
+/// namespaces (`read` reads a /proc/sys file).
+fn user_namespaces_refused(read: impl Fn(&str) -> Option<String>) -> Option<SandboxError> {
+    const REFUSALS: [(&str, &str, &str); 3] = [
+        // Debian's own switch.
+        (
+            "/proc/sys/kernel/unprivileged_userns_clone",
+            "0",
+            "kernel.unprivileged_userns_clone=1",
+        ),
+        (
+            "/proc/sys/user/max_user_namespaces",
+            "0",
+            "user.max_user_namespaces=15000",
+        ),
+        // Ubuntu 24.04 and later: AppArmor confines them.
+        (
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "1",
+            "kernel.apparmor_restrict_unprivileged_userns=0",
+        ),
+    ];
+    REFUSALS.iter().find_map(|(path, refused, fix)| {
+        (read(path).as_deref().map(str::trim) == Some(*refused)).then(|| {
+            SandboxError::UserNamespacesRefused {
+                sysctl: path.trim_start_matches("/proc/sys/").replace('/', "."),
+                fix,
+            }
+        })
+    })
 }
 
 /// Where the sandbox's standard streams go.
 #[derive(Debug)]
 pub enum Output {
-    /// The caller's own stdin, stdout and stderr (and terminal).
+    /// The caller's own standard streams; when any of them is a terminal,
+    /// the sandbox gets a terminal of its own in its place, relayed to the
+    /// caller's (pty.rs).
     Inherit,
     /// stdout and stderr to this descriptor (a pipe the host reads), stdin
     /// from /dev/null: for phases whose output the host logs.
     Pipe(OwnedFd),
 }
 
+/// The standard streams the stage gets, and the relay of a terminal made
+/// for the sandbox.
+struct Streams {
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+    master: Option<(OwnedFd, Terminals)>,
+}
+
 impl Output {
-    pub(crate) fn configure(self, command: &mut Command) -> Result<(), SandboxError> {
-        if let Output::Pipe(fd) = self {
-            let second = fd
-                .try_clone()
-                .map_err(SandboxError::io("duplicate the output pipe"))?;
-            command
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(fd))
-                .stderr(Stdio::from(second));
+    fn streams(self, ids: &IdMapping) -> Result<Streams, SandboxError> {
+        let clone = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(SandboxError::io("duplicate a descriptor"))
+        };
+        match self {
+            Output::Pipe(fd) => Ok(Streams {
+                stdin: Stdio::null(),
+                stdout: Stdio::from(clone(&fd)?),
+                stderr: Stdio::from(fd),
+                master: None,
+            }),
+            Output::Inherit => {
+                stdio::check_inherited()?;
+                let terminals = Terminals::of_caller();
+                if !terminals.any() {
+                    return Ok(Streams {
+                        stdin: Stdio::inherit(),
+                        stdout: Stdio::inherit(),
+                        stderr: Stdio::inherit(),
+                        master: None,
+                    });
+                }
+                let owner = (ids.host_root_uid(), ids.host_root_gid());
+                let (master, slave) = pty::open(terminals, owner)?;
+                let pick = |tty: bool| -> Result<Stdio, SandboxError> {
+                    Ok(if tty {
+                        Stdio::from(clone(&slave)?)
+                    } else {
+                        Stdio::inherit()
+                    })
+                };
+                Ok(Streams {
+                    // The sandbox's terminal is PID 1's standard input (it
+                    // becomes /dev/console), even when only an output of
+                    // the caller's is a terminal.
+                    stdin: Stdio::from(clone(&slave)?),
+                    stdout: pick(terminals.stdout)?,
+                    stderr: pick(terminals.stderr)?,
+                    master: Some((master, terminals)),
+                })
+            }
         }
-        Ok(())
     }
 }
 
@@ -86,36 +168,57 @@ impl Sandbox {
         if !spec.base.is_dir() {
             return Err(SandboxError::BadBase(spec.base.clone()));
         }
+        let ids = IdMapping::for_this_process();
+        let streams = output.streams(&ids)?;
+        let console = streams.master.is_some();
         let run_dir = private_run_dir()?;
         let guard = RunDir(run_dir.clone());
         let scratch = run_dir.join("scratch");
         std::fs::create_dir(&scratch)
             .map_err(SandboxError::io("create the scratch mount point"))?;
-        let handoff = sealed_memfd(&Handoff { spec, scratch }.to_bytes()?)?;
-        let handoff_fd = handoff.as_raw_fd();
-
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let waiter = std::thread::Builder::new()
-            .name("tollgate-sandbox".into())
-            .spawn(move || in_new_namespaces(handoff_fd, listen, output, ready_tx))
-            .map_err(SandboxError::io("start the sandbox thread"))?;
-        let (listener, init) = match ready_rx.recv() {
-            Ok(ready) => ready,
-            Err(_) => {
-                return Err(match waiter.join() {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(_)) => SandboxError::Thread("ended before the sandbox started"),
-                    Err(_) => SandboxError::Thread("panicked"),
-                })
+        let control_path = run_dir.join("control");
+        let control = ControlListener::bind(&control_path)?;
+        let handoff = Handoff {
+            spec,
+            scratch,
+            listen,
+            ids: ids.clone(),
+            console,
+        };
+        let handoff = sealed_memfd(&handoff.to_bytes()?)?;
+        let mut stage = Command::new("/proc/self/exe")
+            .arg(STAGE_ARG)
+            .arg(std::process::id().to_string())
+            .arg(handoff.as_raw_fd().to_string())
+            .arg(&control_path)
+            .stdin(streams.stdin)
+            .stdout(streams.stdout)
+            .stderr(streams.stderr)
+            .spawn()
+            .map_err(SandboxError::io("start the sandbox"))?;
+        let started = control
+            .accept(&mut stage)
+            .and_then(|control| follow_start(&control, &mut stage, &ids));
+        let (listener, init) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = stage.kill();
+                let _ = stage.wait();
+                return Err(e);
             }
+        };
+        let terminal = match streams.master {
+            Some((master, terminals)) => Some(Relay::start(master, terminals)?),
+            None => None,
         };
         std::mem::forget(guard);
         Ok((
             Sandbox {
+                stage,
                 init,
-                waiter: Some(waiter),
                 run_dir,
                 _handoff: handoff,
+                terminal,
             },
             listener,
         ))
@@ -128,10 +231,14 @@ impl Sandbox {
 
     /// Waits for the command's exit code.
     pub fn wait(mut self) -> Result<SandboxExit, SandboxError> {
-        match self.waiter.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            _ => Err(SandboxError::Thread("panicked")),
+        let status = self
+            .stage
+            .wait()
+            .map_err(SandboxError::io("wait for the sandbox"))?;
+        if let Some(terminal) = self.terminal.take() {
+            terminal.finish();
         }
+        Ok(status.code().unwrap_or(137))
     }
 }
 
@@ -139,6 +246,66 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
+}
+
+/// The stage's reports until PID 1 runs: the listener, id maps to write
+/// (rootless with a subordinate range), PID 1's pid, or why it failed.
+fn follow_start(
+    control: &Control,
+    stage: &mut Child,
+    ids: &IdMapping,
+) -> Result<(TcpListener, Pid), SandboxError> {
+    let mut listener = None;
+    loop {
+        match control.recv(Some(stage))? {
+            Some(Message::Listener(fd)) => listener = Some(TcpListener::from(fd)),
+            Some(Message::MapMe(pid)) => {
+                let mapped = write_subordinate_maps(pid, ids);
+                control.send(&Message::Mapped(mapped.is_ok()))?;
+                mapped?;
+            }
+            Some(Message::Started(pid)) => {
+                let listener = listener.ok_or(SandboxError::Thread("sent no listener"))?;
+                return Ok((listener, sys::pid(pid)));
+            }
+            Some(Message::Failed(why)) => return Err(SandboxError::StageFailed(why)),
+            Some(Message::Mapped(_)) | None => {
+                let status = stage
+                    .wait()
+                    .map_err(SandboxError::io("wait for the sandbox"))?;
+                return Err(SandboxError::Stage(status.code().unwrap_or(125)));
+            }
+        }
+    }
+}
+
+/// Rootless with subordinate ids: newuidmap and newgidmap (setuid root,
+/// checking /etc/subuid and /etc/subgid) map root inside to the caller and
+/// ids 1.. to the caller's range.
+fn write_subordinate_maps(pid: u32, ids: &IdMapping) -> Result<(), SandboxError> {
+    let IdMapping::Rootless {
+        uid,
+        gid,
+        subordinate: Some((uids, gids)),
+    } = ids
+    else {
+        return Err(SandboxError::Ids("no subordinate ids to map".into()));
+    };
+    for (tool, own, range) in [(ids::NEWUIDMAP, uid, uids), (ids::NEWGIDMAP, gid, gids)] {
+        let output = Command::new(tool)
+            .args([pid.to_string(), "0".into(), own.to_string(), "1".into()])
+            .args(["1".into(), range.start.to_string(), range.count.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(SandboxError::io(format!("run {tool}")))?;
+        if !output.status.success() {
+            return Err(SandboxError::Ids(format!(
+                "{tool} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Sends signals to the sandbox's PID 1, which passes them on to the command.
@@ -247,4 +414,33 @@ fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
         | SealFlag::F_SEAL_WRITE;
     fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals)).map_err(SandboxError::setup("seal the handoff"))?;
     Ok(memfd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_refusing_user_namespaces_is_told_which_sysctl_to_change() {
+        let settings = |path: &str| match path {
+            "/proc/sys/kernel/unprivileged_userns_clone" => Some("0\n".to_owned()),
+            _ => Some("1\n".to_owned()),
+        };
+        let refused = user_namespaces_refused(settings).map(|e| e.to_string());
+        let message = refused.unwrap_or_default();
+        assert!(
+            message.contains("kernel.unprivileged_userns_clone"),
+            "{message}"
+        );
+        assert!(
+            message.contains("sysctl -w kernel.unprivileged_userns_clone=1"),
+            "{message}"
+        );
+        let allowed = |path: &str| match path {
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns" => Some("0".to_owned()),
+            "/proc/sys/user/max_user_namespaces" => Some("63000".to_owned()),
+            _ => None,
+        };
+        assert!(user_namespaces_refused(allowed).is_none());
+    }
 }

@@ -1,35 +1,50 @@
-//! tollgate's sandbox: run one command in new mount, PID, network, IPC and
-//! UTS namespaces, on an overlay of a base directory, with no capabilities,
-//! and with the proxy's listening socket as the only thing reachable on the
-//! network.
+//! tollgate's sandbox runtime: one command in new user, mount, PID,
+//! network, IPC, UTS and cgroup namespaces, on an overlay of a base
+//! directory, with no capability, a seccomp allowlist, and the proxy's
+//! listening socket as the only thing reachable on the network.
 //!
-//! Nothing here needs `unsafe` or a fork of the multi-threaded proxy:
-//! - the host side ([`launch`]) creates the namespaces in a thread of its
-//!   own (unshare applies to the calling thread): the network namespace
-//!   first, where it brings up `lo` and binds the proxy's listener, then
-//!   mount, PID, IPC and UTS; it spawns [`init`] from that thread, which
-//!   inherits them all;
-//! - [`init`] is PID 1 of the sandbox: it builds the root filesystem, drops
-//!   every privilege, runs the command, reaps orphans and forwards signals.
-// One audited exception, close_range(2) in fds.rs; everything else is safe.
+//! Three processes build it, each doing what only it can:
+//! - the host side ([`Sandbox::start`], launch.rs) hands the spec over in
+//!   a sealed memfd, starts the stage and serves its control socket;
+//! - the stage (stage.rs), a fresh exec of this binary, creates the
+//!   network namespace (binding the proxy's listener in it and handing it
+//!   back), the mount, PID, IPC, UTS and cgroup namespaces — after a user
+//!   namespace of its own when rootless — and forks PID 1;
+//! - PID 1 (init.rs) builds the root filesystem, starts the command in a
+//!   user namespace mapped to an unprivileged host range (command.rs),
+//!   drops every privilege of its own and supervises.
+//!
+//! Kernel concepts are modules: ids (user namespaces), rootfs and mounts
+//! (overlay, idmapped layers, binds, masks), proc, dev, cgroup,
+//! capabilities, seccomp, netlink (lo), pty (the sandbox's terminal).
+// The few system calls without a safe wrapper are in sys.rs, audited.
 #![deny(unsafe_code)]
 
 mod capabilities;
 pub mod cgroup;
+mod command;
+mod control;
 mod dev;
 mod error;
-mod fds;
-pub mod init;
+pub mod ids;
+mod init;
 mod launch;
+mod mountinfo;
 mod mounts;
-mod namespaces;
+mod netlink;
 mod proc;
+mod pty;
 mod reaper;
 mod rootfs;
 mod seccomp;
 mod spec;
+mod split_root;
+mod stage;
+mod stdio;
+mod sys;
 
 pub use error::SandboxError;
 pub use launch::{preflight, Init, Output, Sandbox, SandboxExit};
 pub use reaper::interrupts_come_from_a_terminal;
-pub use spec::{Bind, NewFile, Spec};
+pub use spec::{Bind, NewFile, Spec, DEFAULT_TMPFS_SIZE};
+pub use stage::enter_if_requested;

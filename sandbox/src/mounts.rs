@@ -3,12 +3,13 @@
 //! remounts, and masks that hide directories of the base.
 
 use std::fs;
+use std::os::fd::BorrowedFd;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
 use crate::spec::Bind;
-use crate::SandboxError;
+use crate::{sys, SandboxError};
 
 /// The `None` of an absent mount(2) argument, typed.
 pub(crate) fn none() -> Option<&'static str> {
@@ -54,7 +55,17 @@ pub(crate) fn safe_target(
 }
 
 /// Host directories bound in, read-only when asked.
-pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
+///
+/// As root, a read-only bind is idmapped like the layers, so that what
+/// host root owns is root's inside (git, for one, refuses a repository
+/// whose owner is not the reader). A writable bind is not: what the
+/// sandbox writes there is owned by the sandbox's unprivileged host uid,
+/// never by host root (a setuid file it made would be one on the host).
+pub fn mount_binds(
+    root: &Path,
+    binds: &[Bind],
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<(), SandboxError> {
     for bind in binds {
         let kind = if bind.host.is_dir() {
             TargetKind::Dir
@@ -63,21 +74,25 @@ pub fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), SandboxError> {
         };
         let target = safe_target(root, &bind.sandbox, kind)?;
         let step = format!("bind {} to {}", bind.host.display(), bind.sandbox.display());
-        mount(
-            Some(&bind.host),
-            &target,
-            none(),
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none(),
-        )
-        .map_err(SandboxError::setup(step.clone()))?;
+        let idmapped = match userns.filter(|_| bind.read_only) {
+            // A file system that cannot be idmapped is bound as it is.
+            Some(userns) => sys::idmapped_clone(&bind.host, userns)
+                .and_then(|tree| sys::attach(&tree, &target))
+                .is_ok(),
+            None => false,
+        };
+        if !idmapped {
+            mount(
+                Some(&bind.host),
+                &target,
+                none(),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none(),
+            )
+            .map_err(SandboxError::setup(step.clone()))?;
+        }
         if bind.read_only {
-            let flags = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV;
-            mount(none(), &target, none(), flags, none())
+            remount_read_only(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
                 .map_err(SandboxError::setup(format!("{step} read-only")))?;
         }
     }
@@ -111,21 +126,15 @@ pub fn mask(root: &Path, paths: &[PathBuf], empty: &Path) -> Result<(), SandboxE
             .map_err(SandboxError::setup(step))?;
         } else {
             let target = safe_target(root, path, TargetKind::File)?;
-            mount(Some(empty), &target, none(), MsFlags::MS_BIND, none())
-                .map_err(SandboxError::setup(step.clone()))?;
-            let flags = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC;
-            mount(none(), &target, none(), flags, none()).map_err(SandboxError::setup(step))?;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            bind_read_only(empty, &target, flags).map_err(SandboxError::setup(step))?;
         }
     }
     Ok(())
 }
 
-/// Binds `path` onto itself and remounts the bind read-only.
+/// Binds `path` onto itself and remounts the bind read-only (and nosuid,
+/// nodev, noexec).
 pub(crate) fn read_only_bind(path: &Path) -> nix::Result<()> {
     mount(
         Some(path),
@@ -134,13 +143,41 @@ pub(crate) fn read_only_bind(path: &Path) -> nix::Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         none(),
     )?;
-    let flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
-    mount(none(), path, none(), flags, none())
+    remount_read_only(
+        path,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )
+}
+
+/// Binds `source` on `target`, read-only with `extra` flags: a device node
+/// bound so cannot have its mode, owner or times changed, even by one that
+/// owns it, and stays usable (no `nodev` unless asked).
+pub(crate) fn bind_read_only(source: &Path, target: &Path, extra: MsFlags) -> nix::Result<()> {
+    mount(Some(source), target, none(), MsFlags::MS_BIND, none())?;
+    remount_read_only(target, extra)
+}
+
+/// Remounts the bind mount at `target` read-only with `extra` flags,
+/// keeping the flags it already has: a bind of a mount from a more
+/// privileged namespace (rootless) has them locked, and a remount that
+/// would drop one is refused.
+pub(crate) fn remount_read_only(target: &Path, extra: MsFlags) -> nix::Result<()> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let current = statvfs(target)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
+    for (has, keep) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(has) {
+            flags |= keep;
+        }
+    }
+    mount(none(), target, none(), flags, none())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use crate::mounts::{none, read_only_bind, safe_target, TargetKind};
+use crate::mounts::{bind_read_only, none, read_only_bind, safe_target, TargetKind};
 use crate::SandboxError;
 
 /// Parts of /proc that act on the whole host, not the sandbox's namespaces:
@@ -13,7 +13,8 @@ use crate::SandboxError;
 /// capabilities but still owns them, and kernel.core_pattern or
 /// sysrq-trigger written from inside would act on the host.
 const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
-/// Files of /proc that leak host memory or keys: hidden behind /dev/null.
+/// Files of /proc that leak host memory or keys: hidden behind a read-only
+/// bind of /dev/null.
 const PROC_HIDDEN: [&str; 5] = [
     "kcore",
     "keys",
@@ -44,8 +45,12 @@ pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
     for name in PROC_HIDDEN {
         let path = target.join(name);
         if path.is_file() {
-            mount(Some("/dev/null"), &path, none(), MsFlags::MS_BIND, none())
-                .map_err(SandboxError::setup(format!("hide /proc/{name}")))?;
+            bind_read_only(
+                Path::new("/dev/null"),
+                &path,
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            )
+            .map_err(SandboxError::setup(format!("hide /proc/{name}")))?;
         }
     }
     Ok(())

@@ -1,10 +1,12 @@
 //! What a sandbox runs: the caller's [`Spec`], and the [`Handoff`] the host
 //! side gives PID 1 (the spec plus where its scratch mount point is).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::IdMapping;
 use crate::SandboxError;
 
 /// A host directory made visible inside.
@@ -59,6 +61,11 @@ impl NewFile {
     }
 }
 
+/// Bytes each of a sandbox's tmpfs mounts holds unless told otherwise:
+/// enough for a build's temporary files, small enough that filling them
+/// does not fill the host's memory.
+pub const DEFAULT_TMPFS_SIZE: u64 = 1 << 30;
+
 /// Everything a caller says about a sandbox. [`Spec::new`] gives the
 /// defaults (hostname `tollgate`, working directory `/`, no layers, binds,
 /// masks, files, cgroups or variables, a writable layer that vanishes with
@@ -88,6 +95,10 @@ pub struct Spec {
     /// The command's complete environment.
     pub env: Vec<(String, String)>,
     pub command: Vec<String>,
+    /// Bytes each of the sandbox's tmpfs mounts may hold: /tmp, /dev/shm,
+    /// and the writable layer when it is not `writable`. None: half of
+    /// RAM each, the kernel's default. [`Spec::new`]: [`DEFAULT_TMPFS_SIZE`].
+    pub tmpfs_size: Option<u64>,
 }
 
 impl Spec {
@@ -104,7 +115,13 @@ impl Spec {
             workdir: PathBuf::from("/"),
             env: Vec::new(),
             command,
+            tmpfs_size: Some(DEFAULT_TMPFS_SIZE),
         }
+    }
+
+    pub fn tmpfs_size(mut self, bytes: Option<u64>) -> Spec {
+        self.tmpfs_size = bytes;
+        self
     }
 
     pub fn layers(mut self, layers: Vec<PathBuf>) -> Spec {
@@ -148,16 +165,22 @@ impl Spec {
     }
 }
 
-/// What PID 1 gets from the host side: the spec, and the scratch mount
-/// point the host side made for it. It travels in a sealed memfd that PID 1
+/// What the sandbox's stage gets from the host side: the spec and what the
+/// host side decided for it. It travels in a sealed memfd that the stage
 /// reads through the host side's `/proc/PID/fd`: never in a file, argv or
 /// the environment, so no secret in it can be left behind or read by
-/// another process than root's.
-#[derive(Debug)]
+/// another process than root's (or the same user's, rootless).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Handoff {
     pub spec: Spec,
     /// Private host directory the sandbox mounts its scratch tmpfs on.
     pub scratch: PathBuf,
+    /// Where the proxy's listener is bound inside.
+    pub listen: SocketAddr,
+    pub ids: IdMapping,
+    /// PID 1's standard input is a terminal made for the sandbox: it
+    /// becomes /dev/console and the command's controlling terminal.
+    pub console: bool,
 }
 
 /// The part of a handoff serialised as JSON; file contents follow it raw.
@@ -176,6 +199,10 @@ struct Header {
     workdir: PathBuf,
     env: Vec<(String, String)>,
     command: Vec<String>,
+    tmpfs_size: Option<u64>,
+    listen: SocketAddr,
+    ids: IdMapping,
+    console: bool,
 }
 
 impl Handoff {
@@ -199,6 +226,10 @@ impl Handoff {
             workdir: spec.workdir.clone(),
             env: spec.env.clone(),
             command: spec.command.clone(),
+            tmpfs_size: spec.tmpfs_size,
+            listen: self.listen,
+            ids: self.ids.clone(),
+            console: self.console,
         };
         let json = serde_json::to_vec(&header).map_err(|e| SandboxError::Spec(e.to_string()))?;
         let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
@@ -238,8 +269,12 @@ impl Handoff {
                 workdir: header.workdir,
                 env: header.env,
                 command: header.command,
+                tmpfs_size: header.tmpfs_size,
             },
             scratch: header.scratch,
+            listen: header.listen,
+            ids: header.ids,
+            console: header.console,
         })
     }
 }
@@ -257,13 +292,14 @@ mod tests {
             ])
             .env(vec![("K".into(), "V".into())]);
         let handoff = Handoff {
-            spec: spec.clone(),
+            spec,
             scratch: PathBuf::from("/run/x"),
+            listen: "127.0.0.1:3128".parse().unwrap(),
+            ids: IdMapping::for_this_process(),
+            console: true,
         };
         let bytes = handoff.to_bytes().unwrap();
-        let back = Handoff::from_bytes(&bytes).unwrap();
-        assert_eq!(back.spec, spec);
-        assert_eq!(back.scratch, PathBuf::from("/run/x"));
+        assert_eq!(Handoff::from_bytes(&bytes).unwrap(), handoff);
         for cut in [0, 7, 8, 20, bytes.len() - 1] {
             assert!(Handoff::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
         }

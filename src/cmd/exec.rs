@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
-use tollgate_run::enclave::{Enclave, HostSignals, Network, Supervision};
+use tollgate_run::enclave::{Enclave, HostSignals, Limits, Network, Supervision};
 use tollgate_run::state::StateDir;
 use tollgate_run::trust::load_ca;
+use tollgate_sandbox::cgroup;
+use tollgate_sandbox::ids::IdMapping;
 use tollgate_sandbox::{Bind, Output, Spec};
 
 use crate::cli::ExecArgs;
@@ -27,6 +29,7 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
         None => AuditTarget::Discard,
     })?;
     let spec = sandbox_spec(&args)?.masks(state.private_dirs(args.ca_dir.as_deref()));
+    warn_about_unwritable_binds(&spec.binds);
     proxy::raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let ended = runtime.block_on(async {
@@ -40,7 +43,17 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
             trust: trust.as_ref(),
             shutdown_grace: SHUTDOWN_GRACE,
         };
-        let enclave = Enclave::start(spec, network, Output::Inherit)?;
+        let limits = Limits {
+            name: &format!("exec-{}", std::process::id()),
+            limits: cgroup::Limits {
+                memory: args.memory,
+                pids: args.pids,
+            },
+        };
+        let enclave = Enclave::start(spec, network, limits, Output::Inherit)?;
+        for warning in enclave.warnings() {
+            eprintln!("tollgate: warning: {warning}");
+        }
         enclave
             .supervise(Supervision::ForwardSignals(signals))
             .await
@@ -68,5 +81,25 @@ fn sandbox_spec(args: &ExecArgs) -> Result<Spec> {
     Ok(Spec::new(args.base.clone(), args.command.clone())
         .binds(binds)
         .env(env)
-        .workdir(args.workdir.clone()))
+        .workdir(args.workdir.clone())
+        .tmpfs_size(Some(args.tmpfs_size)))
+}
+
+/// A writable bind the sandbox's root (an unprivileged host uid) cannot
+/// write to is almost certainly a mistake: say so before it fails inside.
+fn warn_about_unwritable_binds(binds: &[Bind]) {
+    use std::os::unix::fs::MetadataExt;
+    let root = IdMapping::for_this_process().host_root_uid();
+    for bind in binds.iter().filter(|b| !b.read_only) {
+        let Ok(meta) = std::fs::metadata(&bind.host) else {
+            continue;
+        };
+        if meta.uid() != root && meta.mode() & 0o002 == 0 {
+            eprintln!(
+                "tollgate: warning: --bind {}: the sandbox's root (host uid {root}) cannot write there; \
+                 chown it to {root} or make it world-writable if the command should",
+                bind.host.display()
+            );
+        }
+    }
 }

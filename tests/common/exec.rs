@@ -61,6 +61,31 @@ pub fn bash(opts: &[&str], script: &str) -> Done {
     exec(&mut exec_command(opts, &["bash", "-c", script]))
 }
 
+/// The host uid and gid of root inside a sandbox (ids.rs), as one reports
+/// it: the second field of its `uid_map` and `gid_map`.
+pub fn sandbox_root() -> (u32, u32) {
+    static ROOT: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        let out = ok(sh(&[], "cat /proc/self/uid_map /proc/self/gid_map"));
+        let host: Vec<u32> = out
+            .stdout
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        match host[..] {
+            [uid, gid] => (uid, gid),
+            _ => panic!("no id maps in {out:#?}"),
+        }
+    })
+}
+
+/// Makes `dir` the sandbox's root's on the host, as a writable `--bind`
+/// must be (host root's files are not root's inside).
+pub fn owned_by_sandbox_root(dir: &std::path::Path) {
+    let (uid, gid) = sandbox_root();
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+}
+
 /// Asserts a clean exit 0.
 pub fn ok(done: Done) -> Done {
     assert_eq!(done.code, Some(0), "sandboxed command failed: {done:#?}");

@@ -16,6 +16,7 @@
 //! - [`proxy`]: `tollgate proxy` as a process, and curl through it.
 //! - [`upstream`], [`canary`], [`tls`]: loopback servers.
 //! - [`lab`], [`lab_servers`], [`lab_proxy`]: network namespace labs.
+//! - [`user`]: an unprivileged user, for rootless runs.
 // Each test crate (tests/*.rs) uses a part of the harness; the rest is
 // dead code to it.
 #![allow(dead_code)]
@@ -32,12 +33,13 @@ pub mod repo;
 pub mod run;
 pub mod tls;
 pub mod upstream;
+pub mod user;
 
 // Unused re-exports are as expected as dead code here.
 #[allow(unused_imports)]
 pub use {
     canary::*, exec::*, host::*, lab::*, lab_proxy::*, lab_servers::*, process::*, proxy::*,
-    repo::*, run::*, tls::*, upstream::*,
+    repo::*, run::*, tls::*, upstream::*, user::*,
 };
 
 /// The `tollgate` binary under test.

@@ -20,6 +20,7 @@ use tollgate_certs::CertError;
 use tollgate_proxy::audit::AuditLog;
 use tollgate_proxy::policy::Policy;
 use tollgate_proxy::{ListenError, Listener, Proxy, ProxyConfig};
+use tollgate_sandbox::cgroup::{self, CgroupError, PhaseCgroup};
 use tollgate_sandbox::{
     interrupts_come_from_a_terminal, Init, Output, Sandbox, SandboxError, Spec,
 };
@@ -38,6 +39,8 @@ pub enum EnclaveError {
     Signals(&'static str, #[source] std::io::Error),
     #[error("the sandbox's waiting thread panicked: a bug in tollgate")]
     Waiter,
+    #[error("cannot set up the sandbox's cgroups: {0}")]
+    Cgroup(#[from] CgroupError),
 }
 
 /// The proxy side of an enclave.
@@ -79,12 +82,25 @@ pub struct Ended {
     /// The command's status in the shell's convention (128+N for signal N).
     pub code: i32,
     pub stopped: Option<Stopped>,
+    /// The kernel's OOM killer killed a process of the sandbox (it hit
+    /// its memory limit).
+    pub oom_killed: bool,
 }
 
-/// A running sandbox and its proxy.
+/// The cgroups an enclave's processes are born in.
+pub struct Limits<'a> {
+    /// Names the cgroup directories (`tollgate-<pid>-<name>`): unique per
+    /// enclave of this process.
+    pub name: &'a str,
+    pub limits: cgroup::Limits,
+}
+
+/// A running sandbox, its proxy and its cgroups.
 pub struct Enclave {
     sandbox: Sandbox,
     proxy: Arc<Proxy>,
+    cgroup: PhaseCgroup,
+    warnings: Vec<String>,
 }
 
 impl Enclave {
@@ -94,13 +110,15 @@ impl Enclave {
     pub fn start(
         spec: Spec,
         network: Network<'_>,
+        limits: Limits<'_>,
         output: Output,
     ) -> Result<Enclave, EnclaveError> {
+        let (cgroup, report) = PhaseCgroup::create(limits.name, &limits.limits)?;
         let intercepting = network.trust.is_some();
         let mut files = inside::files(network.trust.map(|ca| ca.cert_pem.as_str()))?;
         files.extend(spec.files.iter().cloned());
         let env = inside::merge(inside::environment(intercepting), spec.env.clone());
-        let spec = spec.files(files).env(env);
+        let spec = spec.files(files).env(env).cgroups(cgroup.procs_files());
         let (sandbox, listener) = Sandbox::start(spec, inside::PROXY_ADDR, output)?;
         let config = ProxyConfig {
             phase: Some(Arc::from(network.phase)),
@@ -110,14 +128,29 @@ impl Enclave {
         };
         let proxy = Proxy::new(network.policy, network.audit, config);
         tokio::spawn(Arc::clone(&proxy).serve(Listener::from_std(listener)?));
-        Ok(Enclave { sandbox, proxy })
+        Ok(Enclave {
+            sandbox,
+            proxy,
+            cgroup,
+            warnings: report.warnings(),
+        })
+    }
+
+    /// One line per limit the host cannot enforce.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Waits for the command's end as `how` says, then shuts the proxy
     /// down (closing every connection of the sandbox) and flushes the
     /// audit log.
     pub async fn supervise(self, how: Supervision) -> Result<Ended, EnclaveError> {
-        let Enclave { sandbox, proxy } = self;
+        let Enclave {
+            sandbox,
+            proxy,
+            cgroup,
+            ..
+        } = self;
         let init = sandbox.init();
         let waiting = tokio::task::spawn_blocking(move || sandbox.wait());
         let ended = match how {
@@ -130,7 +163,15 @@ impl Enclave {
         };
         proxy.shutdown().await;
         proxy.audit().sync(Duration::from_secs(5));
-        ended
+        let oom_killed = cgroup.oom_killed();
+        // Emptying and removing the cgroups may take a moment of retries.
+        tokio::task::spawn_blocking(move || drop(cgroup))
+            .await
+            .map_err(|_| EnclaveError::Waiter)?;
+        ended.map(|ended| Ended {
+            oom_killed,
+            ..ended
+        })
     }
 }
 
@@ -170,7 +211,7 @@ async fn forward_signals(
 ) -> Result<Ended, EnclaveError> {
     loop {
         tokio::select! {
-            result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None }),
+            result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None, oom_killed: false }),
             _ = signals.terminate.recv() => pass_on(init, Signal::SIGTERM),
             _ = signals.hangup.recv() => pass_on(init, Signal::SIGHUP),
             _ = signals.interrupt.recv() => pass_on_unless_terminal(init, Signal::SIGINT),
@@ -203,7 +244,7 @@ async fn stop_when_asked(
     let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
     let stopped = tokio::select! {
-        result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None }),
+        result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None, oom_killed: false }),
         () = &mut deadline, if timeout.is_some() => Stopped::Timeout,
         () = cancel.cancelled() => Stopped::Cancelled,
     };
@@ -221,5 +262,6 @@ async fn stop_when_asked(
     Ok(Ended {
         code,
         stopped: Some(stopped),
+        oom_killed: false,
     })
 }

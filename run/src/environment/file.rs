@@ -57,13 +57,14 @@ pub(super) struct CacheFile {
 #[serde(
     default,
     deny_unknown_fields,
-    expecting = "a mapping such as {setup_timeout: 30m, agent_timeout: 1h, memory: 8G, pids: 4096}"
+    expecting = "a mapping such as {setup_timeout: 30m, agent_timeout: 1h, memory: 8G, pids: 4096, tmpfs: 1G}"
 )]
 pub(super) struct LimitsFile {
     pub(super) setup_timeout: Field<Timeout>,
     pub(super) agent_timeout: Field<Timeout>,
     pub(super) memory: Field<Size>,
     pub(super) pids: Field<Pids>,
+    pub(super) tmpfs: Field<Size>,
 }
 
 /// A key's value as written. Absent (the default) and null (`key:` with

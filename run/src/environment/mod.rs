@@ -38,6 +38,7 @@ use self::file::{null_hint, CacheFile, EnvironmentFile, Field, InternetFile, Lim
 use self::phase::PhaseSpec;
 pub use self::secret::Secret;
 use self::secret::{check_secret_value, read_secret};
+pub use self::values::parse_size;
 use self::values::{
     check_environment_name, AbsolutePath, EnvName, EnvValue, EnvVars, Pids, Secrets, Size, Timeout,
     Ttl,
@@ -130,6 +131,8 @@ pub struct Limits {
     pub memory: Option<u64>,
     /// Maximum number of processes and threads; never zero.
     pub pids: Option<u64>,
+    /// Bytes each of a phase's tmpfs mounts (/tmp, /dev/shm) may hold.
+    pub tmpfs: Option<u64>,
 }
 
 /// Why an environment file, or one of its secrets, cannot be used.
@@ -352,6 +355,10 @@ fn limits_from(path: &Path, limits: Field<LimitsFile>) -> Result<Limits, Environ
             .pids
             .given(path, "limits.pids")?
             .map(|Pids(pids)| pids),
+        tmpfs: limits
+            .tmpfs
+            .given(path, "limits.tmpfs")?
+            .map(|Size(bytes)| bytes),
     })
 }
 

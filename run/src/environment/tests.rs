@@ -117,6 +117,7 @@ fn design_example_parses_to_expected_struct() {
             agent_timeout: Some(hours(1)),
             memory: Some(8 << 30),
             pids: Some(4096),
+            tmpfs: None,
         },
     };
     assert_same(
@@ -413,7 +414,7 @@ const REFUSED: &[Refused] = &[
     refused("version: 1\ncache: {ttl: -1h}\n", &["web.yaml:2:14: cache.ttl: \"-1h\" is not a duration"]),
     refused("version: 1\ncache: {tll: 1h}\n", &["web.yaml:2:9: cache: unknown field `tll`, expected `ttl`"]),
     // limits.
-    refused("version: 1\nlimits:\n  memroy: 8G\n", &["web.yaml:3:3: limits: unknown field `memroy`, expected one of `setup_timeout`, `agent_timeout`, `memory`, `pids`"]),
+    refused("version: 1\nlimits:\n  memroy: 8G\n", &["web.yaml:3:3: limits: unknown field `memroy`, expected one of `setup_timeout`, `agent_timeout`, `memory`, `pids`, `tmpfs`"]),
     refused("version: 1\nlimits:\n  memory: 8 gigs\n", &["web.yaml:3:11: limits.memory: \"8 gigs\" is not a size: use a number of bytes or K, M, G, T (powers of 1024), e.g. 8G"]),
     refused("version: 1\nlimits: {memory: 1.5G}\n", &["web.yaml:2:18: limits.memory: \"1.5G\" is not a size"]),
     refused("version: 1\nlimits: {memory: -1}\n", &["web.yaml:2:18: limits.memory: \"-1\" is not a size"]),

@@ -332,7 +332,7 @@ impl<'de> Deserialize<'de> for Size {
 
 /// Bytes, or a number and a binary unit: `K`, `M`, `G`, `T`, also written
 /// `Ki`, `KiB` or `KB` (all powers of 1024), in any case.
-pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let not_a_size = || {
         format!(
             "{text:?} is not a size: use a number of bytes or K, M, G, T (powers of 1024), e.g. 8G"

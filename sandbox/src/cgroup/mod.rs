@@ -197,16 +197,16 @@ impl Report {
         if let Some(bytes) = self.asked.memory {
             let asked = format_bytes(bytes);
             if let Some(Enforcement::NotEnforced(why)) = &self.memory {
-                lines.push(format!("limits.memory ({asked}) is not enforced: {why}"));
+                lines.push(format!("the memory limit ({asked}) is not enforced: {why}"));
             } else if let Some(missing) = &self.swap_escape {
                 lines.push(format!(
-                    "limits.memory ({asked}) holds for RAM only: this kernel does not account swap per cgroup ({} is missing), so the phase can use swap beyond it",
+                    "the memory limit ({asked}) holds for RAM only: this kernel does not account swap per cgroup ({} is missing), so the phase can use swap beyond it",
                     missing.display()
                 ));
             }
         }
         if let (Some(count), Some(Enforcement::NotEnforced(why))) = (self.asked.pids, &self.pids) {
-            lines.push(format!("limits.pids ({count}) is not enforced: {why}"));
+            lines.push(format!("the pids limit ({count}) is not enforced: {why}"));
         }
         lines
     }

@@ -1,6 +1,7 @@
-use super::hierarchy::{host_leaf_name, parse_mountinfo, unescape_mountinfo, without_host_leaf};
+use super::hierarchy::{host_leaf_name, parse_mountinfo, without_host_leaf};
 use super::v2::enable_controllers;
 use super::*;
+use crate::mountinfo::unescape_mountinfo;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -597,12 +598,12 @@ fn warnings_name_each_limit_not_enforced() {
     report.set(Controller::Pids, Enforcement::CgroupV2);
     assert_eq!(
         report.warnings(),
-        ["limits.memory (8 GiB) is not enforced: this host has no cgroup memory controller (cgroup v2 or v1)"]
+        ["the memory limit (8 GiB) is not enforced: this host has no cgroup memory controller (cgroup v2 or v1)"]
     );
     report.set(Controller::Pids, Enforcement::NotEnforced("why".into()));
     assert_eq!(
         report.warnings()[1],
-        "limits.pids (4096) is not enforced: why"
+        "the pids limit (4096) is not enforced: why"
     );
 
     let not_offered = V2Refusal::NotOffered("/sys/fs/cgroup/a.scope".into());
@@ -628,7 +629,7 @@ fn uncapped_swap_is_a_warning() {
     let warnings = report.warnings();
     assert_eq!(warnings.len(), 1);
     assert!(
-        warnings[0].starts_with("limits.memory (32 MiB) holds for RAM only"),
+        warnings[0].starts_with("the memory limit (32 MiB) holds for RAM only"),
         "{warnings:?}"
     );
 }

@@ -1,0 +1,75 @@
+//! `/proc/self/mountinfo`, read: which file systems are mounted where.
+
+use std::path::PathBuf;
+
+/// One line of `/proc/self/mountinfo`, the fields we use.
+#[derive(Debug)]
+pub(crate) struct Mount {
+    /// The directory of the filesystem mounted here (for cgroupfs: the
+    /// cgroup the mount shows as its root).
+    pub(crate) root: PathBuf,
+    pub(crate) mountpoint: PathBuf,
+    pub(crate) fstype: String,
+    pub(crate) super_options: String,
+}
+
+impl Mount {
+    pub(crate) fn has_option(&self, option: &str) -> bool {
+        self.super_options.split(',').any(|o| o == option)
+    }
+}
+
+/// Fields: id, parent, major:minor, root, mount point, options, optional
+/// fields ended by "-", then type, source, super options. Lines that do
+/// not parse are skipped.
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let head: Vec<&str> = head.split(' ').collect();
+            let mut tail = tail.split(' ');
+            Some(Mount {
+                root: PathBuf::from(unescape_mountinfo(head.get(3)?)),
+                mountpoint: PathBuf::from(unescape_mountinfo(head.get(4)?)),
+                fstype: tail.next()?.to_owned(),
+                super_options: tail.nth(1)?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let mut rest = field.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        let escaped = tail
+            .get(..3)
+            .filter(|digits| first == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)))
+            .map(|digits| digits.iter().fold(0u32, |n, d| n * 8 + u32::from(d - b'0')))
+            .and_then(|value| u8::try_from(value).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                rest = tail.get(3..).unwrap_or_default();
+            }
+            None => {
+                out.push(first);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount points of this process's mount namespace.
+pub(crate) fn mount_points() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| {
+            parse_mountinfo(&text)
+                .into_iter()
+                .map(|m| m.mountpoint)
+                .collect()
+        })
+        .unwrap_or_default()
+}

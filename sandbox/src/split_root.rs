@@ -1,0 +1,150 @@
+//! A root assembled directory by directory, for rootless sandboxes whose
+//! base has other file systems mounted inside it (the host's `/`).
+//!
+//! overlayfs clones each lower layer's mount, and in a user namespace the
+//! kernel refuses to clone a mount that has mounts below it which the
+//! namespace may not unmount (they would be revealed): an overlay of `/`
+//! cannot be made rootless. Each top-level directory of the base can: the
+//! root is a small tmpfs, and each directory on the base's file system is
+//! an overlay of its own (the layers' same directory over the base's), its
+//! writes in the writable layer's same directory — the layout one overlay
+//! of the whole base would have written. What is mounted at a top-level
+//! directory (another file system: /proc, /sys, a separate /home) is left
+//! out, as one overlay of the base would leave it out; a directory with
+//! file systems mounted further below is bound read-only as it is.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+use crate::mounts::{bind_read_only, none};
+use crate::rootfs::{size_option, Layers, Mounter};
+use crate::{mountinfo, SandboxError};
+
+/// Whether the base has other file systems mounted below it, which a
+/// rootless overlay of it cannot carry.
+pub fn has_mounts_below(base: &Path) -> bool {
+    mountinfo::mount_points()
+        .iter()
+        .any(|point| point != base && point.starts_with(base))
+}
+
+/// Mounts the root of `base` with `read_only` layers (topmost first) and
+/// the writable `layers` at `layers.root`, one overlay per top-level
+/// directory.
+pub fn mount_root(
+    mounter: &Mounter,
+    base: &Path,
+    read_only: &[PathBuf],
+    layers: &Layers,
+) -> Result<(), SandboxError> {
+    let options = size_option("mode=0755", mounter.tmpfs_size);
+    mount(
+        Some("tmpfs"),
+        &layers.root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(SandboxError::setup("mount the root's tmpfs"))?;
+    let points = mountinfo::mount_points();
+    for name in top_level_names(base, read_only, &layers.upper) {
+        let source = base.join(&name);
+        let target = layers.root.join(&name);
+        let step = || format!("put {} in the sandbox's root", source.display());
+        let meta = fs::symlink_metadata(&source).ok();
+        match meta {
+            Some(meta) if meta.file_type().is_symlink() => {
+                let link = fs::read_link(&source).map_err(SandboxError::io(step()))?;
+                symlink(link, &target).map_err(SandboxError::io(step()))?;
+            }
+            Some(meta) if meta.is_file() => {
+                fs::write(&target, b"").map_err(SandboxError::io(step()))?;
+                bind_read_only(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+                    .map_err(SandboxError::setup(step()))?;
+            }
+            Some(meta) if !meta.is_dir() => {}
+            // Another file system mounted here: not part of the base.
+            Some(_) if points.contains(&source) => {
+                fs::create_dir(&target).map_err(SandboxError::io(step()))?;
+            }
+            Some(_) if points.iter().any(|p| p.starts_with(&source)) => {
+                fs::create_dir(&target).map_err(SandboxError::io(step()))?;
+                mount(
+                    Some(&source),
+                    &target,
+                    none(),
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none(),
+                )
+                .map_err(SandboxError::setup(step()))?;
+                crate::mounts::remount_read_only(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+                    .map_err(SandboxError::setup(step()))?;
+            }
+            // On the base's file system (or only in the layers): an overlay.
+            _ => directory_overlay(mounter, base, read_only, layers, &name)?,
+        }
+    }
+    Ok(())
+}
+
+/// Every top-level name of the base and of the layers.
+fn top_level_names(base: &Path, read_only: &[PathBuf], upper: &Path) -> BTreeSet<OsString> {
+    let mut names = BTreeSet::new();
+    for dir in [base, upper]
+        .into_iter()
+        .chain(read_only.iter().map(PathBuf::as_path))
+    {
+        if let Ok(entries) = fs::read_dir(dir) {
+            names.extend(entries.flatten().map(|entry| entry.file_name()));
+        }
+    }
+    names
+}
+
+/// The overlay of one top-level directory `name`.
+fn directory_overlay(
+    mounter: &Mounter,
+    base: &Path,
+    read_only: &[PathBuf],
+    layers: &Layers,
+    name: &OsString,
+) -> Result<(), SandboxError> {
+    let upper = layers.upper.join(name);
+    let work = layers.work.join(name);
+    let target = layers.root.join(name);
+    for dir in [&upper, &work, &target] {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)
+                .map_err(SandboxError::io(format!("create {}", dir.display())))?;
+        }
+    }
+    let mut lower: Vec<PathBuf> = read_only
+        .iter()
+        .map(|layer| layer.join(name))
+        .filter(|dir| dir.is_dir())
+        .collect();
+    let below = base.join(name);
+    if below.is_dir() {
+        // The writable layer (a run's, under the state dir) may lie in
+        // this very directory: overlayfs refuses that, a view of it is a
+        // file system apart.
+        let inside = [&upper]
+            .into_iter()
+            .chain(read_only.iter())
+            .any(|layer| layer.starts_with(&below));
+        lower.push(if inside {
+            mounter.stackable_named(&below, &format!("view-{}", name.to_string_lossy()))?
+        } else {
+            below
+        });
+    }
+    if lower.is_empty() {
+        return Ok(());
+    }
+    mounter.overlay_at(&target, &lower, &upper, &work)
+}

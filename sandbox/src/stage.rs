@@ -1,0 +1,170 @@
+//! The sandbox's stage: the process the host side starts (a fresh exec of
+//! this binary, so single-threaded, which unshare(CLONE_NEWUSER) and fork
+//! need). It creates the sandbox's namespaces, binds the proxy's listener
+//! inside the new network namespace and hands it to the host side, then
+//! forks PID 1 of the new PID namespace ([`crate::init`]) and waits for it.
+//!
+//! - As root, the namespaces belong to the host's user namespace: root's
+//!   power over them never reaches the command, which PID 1 starts in a user
+//!   namespace of its own (see [`crate::ids`]).
+//! - Rootless, a user namespace owned by the caller comes first (the caller
+//!   is root in it), and the other namespaces belong to it.
+
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::ForkResult;
+
+use crate::control::{Control, Message};
+use crate::ids::IdMapping;
+use crate::spec::Handoff;
+use crate::{cgroup, init, netlink, sys, SandboxError};
+
+/// The hidden subcommand the host side runs for the stage.
+pub const STAGE_ARG: &str = "__sandbox";
+
+/// Exit status of the stage when the sandbox could not be set up (as
+/// `env`/`chroot` report a failure of their own, distinct from the
+/// command's statuses).
+pub(crate) const SETUP_FAILED: u8 = 125;
+
+/// Runs the stage when this process was started as it (`<exe> __sandbox
+/// HOST-PID HANDOFF-FD CONTROL-SOCKET`): a binary that embeds the sandbox
+/// calls this first thing in `main` and exits with the status it returns.
+pub fn enter_if_requested() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != STAGE_ARG {
+        return None;
+    }
+    let (host, fd, control) = (args.next()?, args.next()?, args.next()?);
+    let handoff = PathBuf::from("/proc").join(host).join("fd").join(fd);
+    let control = match Control::connect(&PathBuf::from(control)) {
+        Ok(control) => control,
+        Err(e) => return Some(failed(&e)),
+    };
+    Some(match run(&handoff, &control) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            let _ = control.send(&Message::Failed(e.to_string()));
+            failed(&e)
+        }
+    })
+}
+
+fn failed(error: &SandboxError) -> ExitCode {
+    eprintln!("tollgate: sandbox: {error}");
+    ExitCode::from(SETUP_FAILED)
+}
+
+fn run(handoff: &std::path::Path, control: &Control) -> Result<i32, SandboxError> {
+    // The stage dies with the host side (and PID 1 with the stage); a
+    // terminal's SIGINT and SIGQUIT are for the command, not for us.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(SandboxError::setup("set parent-death signal"))?;
+    ignore_terminal_signals()?;
+    let bytes = std::fs::read(handoff).map_err(SandboxError::io("read the sandbox's spec"))?;
+    let handoff = Handoff::from_bytes(&bytes)?;
+    // Every process of the sandbox is born in its cgroups.
+    cgroup::join(&handoff.spec.cgroups)?;
+    enter_user_and_network_namespaces(&handoff.ids, control)?;
+    netlink::loopback_up().map_err(SandboxError::setup("bring up lo in the sandbox"))?;
+    let listener = TcpListener::bind(handoff.listen).map_err(SandboxError::io(format!(
+        "bind the proxy on {} inside the sandbox",
+        handoff.listen
+    )))?;
+    control.send(&Message::Listener(OwnedFd::from(listener)))?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(|source| SandboxError::Namespace {
+        what: "mount, PID, IPC, UTS and cgroup",
+        source,
+    })?;
+    match sys::fork_single_threaded().map_err(SandboxError::setup("start PID 1"))? {
+        ForkResult::Child => std::process::exit(init::run(handoff)),
+        ForkResult::Parent { child } => {
+            control.send(&Message::Started(child.as_raw().unsigned_abs()))?;
+            wait_for(child)
+        }
+    }
+}
+
+/// PID 1's exit status, in the shell's convention.
+fn wait_for(child: nix::unistd::Pid) -> Result<i32, SandboxError> {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(SandboxError::setup("wait for PID 1")(e)),
+        }
+    }
+}
+
+/// Handlers (that do nothing) rather than the default action, which would
+/// end the stage — and with it the whole sandbox — when the caller's
+/// terminal sends SIGINT or SIGQUIT to its foreground process group.
+/// Handlers, unlike SIG_IGN, do not survive the command's exec.
+fn ignore_terminal_signals() -> Result<(), SandboxError> {
+    let seen = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT] {
+        signal_hook::flag::register(signal, seen.clone())
+            .map_err(SandboxError::io("install signal handlers"))?;
+    }
+    Ok(())
+}
+
+/// As root: a network namespace of the host's user namespace. Rootless: a
+/// user namespace whose root is the caller, mapped by the stage itself
+/// (the caller's one id) or by the host side's newuidmap/newgidmap (a
+/// subordinate range), and a network namespace it owns.
+fn enter_user_and_network_namespaces(
+    ids: &IdMapping,
+    control: &Control,
+) -> Result<(), SandboxError> {
+    let IdMapping::Rootless {
+        uid,
+        gid,
+        subordinate,
+    } = ids
+    else {
+        return unshare(CloneFlags::CLONE_NEWNET).map_err(|source| SandboxError::Namespace {
+            what: "network",
+            source,
+        });
+    };
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET).map_err(|source| {
+        SandboxError::Namespace {
+            what: "user and network",
+            source,
+        }
+    })?;
+    if subordinate.is_some() {
+        control.send(&Message::MapMe(std::process::id()))?;
+        match control.recv(None)? {
+            Some(Message::Mapped(true)) => return Ok(()),
+            _ => {
+                return Err(SandboxError::Ids(
+                    "newuidmap/newgidmap failed (see above)".into(),
+                ))
+            }
+        }
+    }
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(SandboxError::io(format!("write /proc/self/{file}")))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("0 {uid} 1"))?;
+    write("gid_map", format!("0 {gid} 1"))
+}
