@@ -16,7 +16,11 @@ use crate::cli::{CaCommand, CacheCommand, Cli, Command, PolicyCommand};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Hidden entry points: the sandbox's stage, the rootless diff's helper.
     if let Some(code) = tollgate_sandbox::enter_if_requested() {
+        return code;
+    }
+    if let Some(code) = tollgate_run::diff::enter_if_requested() {
         return code;
     }
     let cli = Cli::parse();

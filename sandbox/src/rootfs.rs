@@ -179,14 +179,9 @@ impl Mounter {
     /// [`Mounter::stackable`], its view mounted at `name` on the scratch
     /// tmpfs.
     pub fn stackable_named(&self, base: &Path, name: &str) -> Result<PathBuf, SandboxError> {
-        let empty = self.scratch.join("empty");
+        let empty = self.empty_dir()?;
         let view = self.scratch.join(name);
-        for dir in [&empty, &view] {
-            if !dir.is_dir() {
-                fs::create_dir(dir)
-                    .map_err(SandboxError::io(format!("create {}", dir.display())))?;
-            }
-        }
+        fs::create_dir(&view).map_err(SandboxError::io(format!("create {}", view.display())))?;
         overlay_safe(base)?;
         let options = format!("lowerdir={}:{}", base.display(), empty.display());
         self.overlay(&view, &options, MsFlags::MS_RDONLY)
@@ -195,6 +190,16 @@ impl Mounter {
                 base.display()
             )))?;
         Ok(view)
+    }
+
+    /// An empty directory on the scratch tmpfs, for a lower layer that has
+    /// nothing in it.
+    pub fn empty_dir(&self) -> Result<PathBuf, SandboxError> {
+        let empty = self.scratch.join("empty");
+        if !empty.is_dir() {
+            fs::create_dir(&empty).map_err(SandboxError::io("create an empty layer"))?;
+        }
+        Ok(empty)
     }
 
     /// The overlay root: `read_only` (topmost first) over `base`, all

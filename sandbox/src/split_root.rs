@@ -56,40 +56,60 @@ pub fn mount_root(
         let source = base.join(&name);
         let target = layers.root.join(&name);
         let step = || format!("put {} in the sandbox's root", source.display());
-        let meta = fs::symlink_metadata(&source).ok();
-        match meta {
-            Some(meta) if meta.file_type().is_symlink() => {
-                let link = fs::read_link(&source).map_err(SandboxError::io(step()))?;
-                symlink(link, &target).map_err(SandboxError::io(step()))?;
-            }
-            Some(meta) if meta.is_file() => {
-                fs::write(&target, b"").map_err(SandboxError::io(step()))?;
-                bind_read_only(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
-                    .map_err(SandboxError::setup(step()))?;
-            }
-            Some(meta) if !meta.is_dir() => {}
-            // Another file system mounted here: not part of the base.
-            Some(_) if points.contains(&source) => {
-                fs::create_dir(&target).map_err(SandboxError::io(step()))?;
-            }
-            Some(_) if points.iter().any(|p| p.starts_with(&source)) => {
-                fs::create_dir(&target).map_err(SandboxError::io(step()))?;
-                mount(
-                    Some(&source),
-                    &target,
-                    none(),
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    none(),
-                )
+        let Some((found, meta)) = topmost(base, read_only, layers, &name) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let link = fs::read_link(&found).map_err(SandboxError::io(step()))?;
+            symlink(link, &target).map_err(SandboxError::io(step()))?;
+        } else if meta.is_file() {
+            fs::write(&target, b"").map_err(SandboxError::io(step()))?;
+            bind_read_only(&found, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
                 .map_err(SandboxError::setup(step()))?;
-                crate::mounts::remount_read_only(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
-                    .map_err(SandboxError::setup(step()))?;
-            }
+        } else if !meta.is_dir() {
+            // A whiteout, or a node no root needs at its top level.
+        } else if points.contains(&source) {
+            // Another file system mounted here: not part of the base.
+            fs::create_dir(&target).map_err(SandboxError::io(step()))?;
+        } else if points.iter().any(|p| p.starts_with(&source)) {
+            fs::create_dir(&target).map_err(SandboxError::io(step()))?;
+            mount(
+                Some(&source),
+                &target,
+                none(),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none(),
+            )
+            .map_err(SandboxError::setup(step()))?;
+            crate::mounts::remount_read_only(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+                .map_err(SandboxError::setup(step()))?;
+        } else {
             // On the base's file system (or only in the layers): an overlay.
-            _ => directory_overlay(mounter, base, read_only, layers, &name)?,
+            directory_overlay(mounter, base, read_only, layers, &name)?;
         }
     }
     Ok(())
+}
+
+/// The entry `name` of the topmost layer that has one (the writable
+/// layer's, then the read-only layers', then the base's): what one overlay
+/// of the whole base would show there. A top-level file a layer replaced
+/// a directory with is that file, and it is read-only.
+fn topmost(
+    base: &Path,
+    read_only: &[PathBuf],
+    layers: &Layers,
+    name: &OsString,
+) -> Option<(PathBuf, fs::Metadata)> {
+    [&layers.upper]
+        .into_iter()
+        .chain(read_only.iter())
+        .map(|layer| layer.join(name))
+        .chain([base.join(name)])
+        .find_map(|path| {
+            let meta = fs::symlink_metadata(&path).ok()?;
+            Some((path, meta))
+        })
 }
 
 /// Every top-level name of the base and of the layers.
@@ -144,7 +164,8 @@ fn directory_overlay(
         });
     }
     if lower.is_empty() {
-        return Ok(());
+        // Made by a writable layer alone: an overlay needs a lower layer.
+        lower.push(mounter.empty_dir()?);
     }
     mounter.overlay_at(&target, &lower, &upper, &work)
 }

@@ -6,7 +6,6 @@ use std::ffi::OsStr;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::ChildStdin;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -29,15 +28,26 @@ pub(super) struct Sides {
 pub(super) fn export_changes(
     job: &Job,
     views: &Views,
-    stream: ChildStdin,
+    stream: Stream,
 ) -> Result<BTreeSet<PathBuf>, DiffError> {
     let ws = &job.workspace;
+    let after = match &views.after {
+        Some(after) => Tree::open(after, "(after the agent)")?.subtree(ws)?,
+        None => None,
+    };
+    let upper = match &job.upper {
+        Some(upper) => Tree::open(upper, &upper.display().to_string())?.subtree(ws)?,
+        None => None,
+    };
     let sides = Sides {
         before: Tree::open(&views.before, "(before the agent)")?.subtree(ws)?,
-        after: Tree::open(&views.after, "(after the agent)")?.subtree(ws)?,
-        upper: Tree::open(&job.upper, &job.upper.display().to_string())?.subtree(ws)?,
+        after,
+        upper,
         probe: Probe {
-            tree: Tree::open(&views.probe, "(redirect probe)")?,
+            tree: match &views.probe {
+                Some(probe) => Some(Tree::open(probe, "(redirect probe)")?),
+                None => None,
+            },
             workspace: ws.clone(),
         },
     };
@@ -199,7 +209,8 @@ pub(super) fn ignored_by_hfs(c: char) -> bool {
 /// The *after* view mounted with `redirect_dir=nofollow`: a lookup through
 /// a directory the agent renamed fails with EPERM.
 pub(super) struct Probe {
-    pub(super) tree: Tree,
+    /// None when nothing is there after the agent.
+    pub(super) tree: Option<Tree>,
     pub(super) workspace: PathBuf,
 }
 
@@ -212,10 +223,13 @@ impl Probe {
             .components()
             .chain(path.components())
             .collect();
-        match self.tree.lookup(&full, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
+        let Some(tree) = &self.tree else {
+            return Ok(false);
+        };
+        match tree.lookup(&full, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
             Ok(_) | Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(false),
             Err(Errno::EPERM) => Ok(true),
-            Err(errno) => Err(self.tree.error("look up", &full, errno).into()),
+            Err(errno) => Err(tree.error("look up", &full, errno).into()),
         }
     }
 }

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::ChildStdin;
 
 use super::candidates::*;
 use super::*;
@@ -20,12 +19,12 @@ pub(super) const FEED: &str = "feed git fast-import";
 /// Feeds `git fast-import`: one commit per side, each file's content inline
 /// in the stream.
 pub(super) struct Export {
-    pub(super) out: BufWriter<ChildStdin>,
+    pub(super) out: BufWriter<Stream>,
     pub(super) skipped: BTreeSet<PathBuf>,
 }
 
 impl Export {
-    pub(super) fn new(stream: ChildStdin, skipped: BTreeSet<PathBuf>) -> Export {
+    pub(super) fn new(stream: Stream, skipped: BTreeSet<PathBuf>) -> Export {
         Export {
             out: BufWriter::with_capacity(1 << 16, stream),
             skipped,

@@ -64,6 +64,7 @@
 mod candidates;
 mod export;
 mod git;
+mod helper;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -82,6 +83,12 @@ use nix::errno::Errno;
 use self::export::Export;
 use self::git::{count_file_headers, Git, GIT_DIRS};
 use self::views::{materialize, Job};
+
+pub use self::helper::enter_if_requested;
+
+/// Where fast-import's stream is written: its stdin (a thread of ours), or
+/// the helper process's stdout.
+pub(crate) type Stream = Box<dyn std::io::Write + Send>;
 use crate::tree::{Tree, TreeError};
 
 /// The layers of a finished run, as plain host directories.
@@ -195,9 +202,11 @@ pub fn write_agent_diff(
     Ok(summary)
 }
 
-/// Streams both sides of every change to fast-import, from the diff thread
-/// when the agent's upper holds anything at the workspace; returns the
-/// paths left out.
+/// Streams both sides of every change to fast-import when the agent's
+/// upper holds anything at the workspace; returns the paths left out. As
+/// root the views are mounted by a thread of ours; rootless by a helper
+/// process (a fresh exec of this binary), since a process of several
+/// threads cannot enter a user namespace of its own.
 fn stream_changes(
     layers: &DiffLayers<'_>,
     workspace: PathBuf,
@@ -205,20 +214,53 @@ fn stream_changes(
     stream: ChildStdin,
 ) -> Result<BTreeSet<PathBuf>, DiffError> {
     if !upper_touches(layers.upper, &workspace)? {
-        return Export::new(stream, BTreeSet::new()).finish(None, None, &BTreeSet::new());
+        return Export::new(Box::new(stream), BTreeSet::new()).finish(None, None, &BTreeSet::new());
     }
+    let rootless = !nix::unistd::geteuid().is_root();
+    let top: PathBuf = workspace.components().take(1).collect();
+    // Looked at with lstat: a top directory the agent (or setup) swapped
+    // for a symlink is not one, and never followed to where it points.
+    let real_dir = |path: &Path| fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir());
+    let upper = layers.upper.join(&top);
+    let upper = real_dir(&upper).then_some(upper);
+    // An opaque top directory (removed and made again) hides every layer
+    // below it after the agent; overlayfs ignores that mark on a layer's
+    // root, so the view after the agent leaves them out instead.
+    let opaque = upper.as_deref().is_some_and(|dir| is_opaque(dir, rootless));
+    let lower = layers
+        .lower
+        .iter()
+        .map(|layer| layer.join(&top))
+        .filter(|dir| real_dir(dir))
+        .collect();
     let job = Job {
-        lower: layers.lower.to_vec(),
-        upper: layers.upper.to_path_buf(),
-        workspace,
+        lower,
+        upper,
+        opaque,
+        workspace: workspace.components().skip(1).collect(),
         mounts: scratch.mounts.clone(),
+        rootless,
     };
+    if job.rootless {
+        return helper::run(&job, scratch, stream);
+    }
     std::thread::Builder::new()
         .name("tollgate-diff".into())
-        .spawn(move || materialize(&job, stream))
+        .spawn(move || materialize(&job, Box::new(stream)))
         .map_err(io_error("start the diff thread"))?
         .join()
         .unwrap_or(Err(DiffError::Panicked))
+}
+
+/// Whether overlayfs marked `dir` opaque: `trusted.overlay.opaque`, or
+/// `user.overlay.opaque` for layers written rootless.
+fn is_opaque(dir: &Path, rootless: bool) -> bool {
+    let name = if rootless {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    };
+    matches!(xattr::get(dir, name), Ok(Some(value)) if value == b"y")
 }
 
 /// Moves the finished patch to `out`, readable by all: a rename, so `out`

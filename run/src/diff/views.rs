@@ -6,7 +6,6 @@ use std::fs::{self};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::ChildStdin;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -14,19 +13,33 @@ use nix::sched::{unshare, CloneFlags};
 use super::candidates::*;
 use super::*;
 
-/// What the diff thread needs, owned.
+/// What the diff needs, owned: the layers' directories of the
+/// workspace's top-level directory (views of whole layers would need the
+/// base's `/` as an overlay layer, which a rootless diff cannot mount), and
+/// the rest of the workspace's path below them.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Job {
+    /// Read-only layers' top directories that exist, topmost first.
     pub(super) lower: Vec<PathBuf>,
-    pub(super) upper: PathBuf,
+    /// The agent's upper's top directory; None when the agent removed or
+    /// replaced it (nothing of the workspace is there after).
+    pub(super) upper: Option<PathBuf>,
+    /// The agent removed the top directory and made it again: after it,
+    /// nothing of the layers below shows.
+    pub(super) opaque: bool,
+    /// The workspace below the top directory (empty: the top itself).
     pub(super) workspace: PathBuf,
     pub(super) mounts: PathBuf,
+    /// Mount the views in a user namespace of our own (rootless), where
+    /// overlayfs keeps its metadata in `user.*` attributes.
+    pub(super) rootless: bool,
 }
 
-/// Runs on its own thread: mounts the views in a private mount namespace
-/// (unshare applies to the calling thread only), streams the before and
-/// after versions of every candidate to fast-import, and returns the paths
-/// left out.
-pub(super) fn materialize(job: &Job, stream: ChildStdin) -> Result<BTreeSet<PathBuf>, DiffError> {
+/// Mounts the views in a private mount namespace (unshare applies to the
+/// calling thread only: the diff thread's, or the helper process's),
+/// streams the before and after versions of every candidate to
+/// fast-import, and returns the paths left out.
+pub(super) fn materialize(job: &Job, stream: Stream) -> Result<BTreeSet<PathBuf>, DiffError> {
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(mount_error("create a private mount namespace for the diff"))?;
     mount(
@@ -37,69 +50,83 @@ pub(super) fn materialize(job: &Job, stream: ChildStdin) -> Result<BTreeSet<Path
         None::<&str>,
     )
     .map_err(mount_error("make mount propagation private"))?;
-    let mut mounts = Mounts::default();
+    let mut mounts = Mounts {
+        targets: Vec::new(),
+        userxattr: job.rootless,
+    };
     let result =
         mount_views(job, &mut mounts).and_then(|views| export_changes(job, &views, stream));
     mounts.unmount_all();
     result
 }
 
-/// Mount points of the three views, in the thread's namespace.
+/// Mount points of the three views, in the diff's namespace; none after
+/// the agent when it removed the workspace's top directory.
 pub(super) struct Views {
     pub(super) before: PathBuf,
-    pub(super) after: PathBuf,
-    pub(super) probe: PathBuf,
+    pub(super) after: Option<PathBuf>,
+    pub(super) probe: Option<PathBuf>,
 }
 
 /// Mounts the views. overlayfs refuses a lower layer that lies inside
-/// another one on the same filesystem ("overlapping lowerdir path"), which
-/// is the normal case with the default base `/` and layers on the root
-/// filesystem; so when any layer shares the base's filesystem, the base goes
-/// in through an overlay of its own (base over an empty directory), which
-/// shows the same tree from another superblock. An empty directory at the
-/// bottom of *before* also satisfies overlayfs' two-lower minimum.
+/// another one on the same filesystem ("overlapping lowerdir path"); so
+/// when a layer shares the bottom layer's filesystem, the bottom layer goes
+/// in through an overlay of its own (over an empty directory), which shows
+/// the same tree from another superblock. Empty directories at the bottom
+/// also satisfy overlayfs' two-lower minimum.
 pub(super) fn mount_views(job: &Job, mounts: &mut Mounts) -> Result<Views, DiffError> {
     let root = &job.mounts;
     mounts.tmpfs(root)?;
     let empty = root.join("empty");
+    let empty2 = root.join("empty2");
     let views = Views {
         before: root.join("before"),
-        after: root.join("after"),
-        probe: root.join("probe"),
+        after: job.upper.as_ref().map(|_| root.join("after")),
+        probe: job.upper.as_ref().map(|_| root.join("probe")),
     };
     let wrapped_base = root.join("base");
-    for dir in [
-        &empty,
-        &views.before,
-        &views.after,
-        &views.probe,
-        &wrapped_base,
-    ] {
+    for dir in [&empty, &empty2, &views.before, &wrapped_base]
+        .into_iter()
+        .chain(views.after.iter())
+        .chain(views.probe.iter())
+    {
         fs::create_dir(dir).map_err(io_error(format!("create {}", dir.display())))?;
     }
-    let (base, above) = match job.lower.split_last() {
-        Some((base, above)) => (base.as_path(), above),
-        None => return Err(DiffError::NoLowerLayers),
-    };
-    let base = if shares_filesystem(base, above, &job.upper)? {
-        mounts.overlay(&wrapped_base, &[base, &empty], "")?;
-        wrapped_base.as_path()
+    let mut stack: Vec<&Path> = job.lower.iter().map(PathBuf::as_path).collect();
+    if let Some((base, above)) = job.lower.split_last() {
+        if shares_filesystem(base, above, job.upper.as_deref())? {
+            mounts.overlay(&wrapped_base, &[base, &empty], "")?;
+            stack.pop();
+            stack.push(&wrapped_base);
+        }
+    }
+    let bottom: &[&Path] = if stack.is_empty() {
+        &[&empty, &empty2]
     } else {
-        base
+        &[&empty]
     };
-    let stack: Vec<&Path> = above.iter().map(PathBuf::as_path).chain([base]).collect();
-    let before: Vec<&Path> = stack.iter().copied().chain([empty.as_path()]).collect();
-    let after: Vec<&Path> = [job.upper.as_path()].into_iter().chain(stack).collect();
+    let before: Vec<&Path> = stack
+        .iter()
+        .copied()
+        .chain(bottom.iter().copied())
+        .collect();
     mounts.overlay(&views.before, &before, "")?;
-    mounts.overlay(&views.after, &after, "")?;
-    mounts.overlay(&views.probe, &after, ",redirect_dir=nofollow")?;
+    if let (Some(upper), Some(after), Some(probe)) = (&job.upper, &views.after, &views.probe) {
+        let below = if job.opaque { Vec::new() } else { stack };
+        let mut layers: Vec<&Path> = [upper.as_path()].into_iter().chain(below).collect();
+        if layers.len() < 2 {
+            layers.push(&empty);
+        }
+        mounts.overlay(after, &layers, "")?;
+        mounts.overlay(probe, &layers, ",redirect_dir=nofollow")?;
+    }
     Ok(views)
 }
 
 pub(super) fn shares_filesystem(
     base: &Path,
     above: &[PathBuf],
-    upper: &Path,
+    upper: Option<&Path>,
 ) -> Result<bool, DiffError> {
     let device = |path: &Path| {
         fs::metadata(path)
@@ -110,7 +137,7 @@ pub(super) fn shares_filesystem(
             })
     };
     let base_device = device(base)?;
-    for layer in above.iter().map(PathBuf::as_path).chain([upper]) {
+    for layer in above.iter().map(PathBuf::as_path).chain(upper) {
         if device(layer)? == base_device {
             return Ok(true);
         }
@@ -118,10 +145,11 @@ pub(super) fn shares_filesystem(
     Ok(false)
 }
 
-/// Mounts made by the diff thread, unmounted in reverse order.
-#[derive(Default)]
+/// Mounts made by the diff, unmounted in reverse order.
 pub(super) struct Mounts {
     pub(super) targets: Vec<PathBuf>,
+    /// overlayfs metadata in `user.*` attributes (rootless).
+    pub(super) userxattr: bool,
 }
 
 impl Mounts {
@@ -152,7 +180,8 @@ impl Mounts {
             overlay_safe(path)?;
         }
         let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-        let options = format!("lowerdir={}{extra}", lower.join(":"));
+        let userxattr = if self.userxattr { ",userxattr" } else { "" };
+        let options = format!("lowerdir={}{extra}{userxattr}", lower.join(":"));
         tracing::debug!(target = %target.display(), %options, "diff: mount overlay");
         mount(
             Some("overlay"),
