@@ -1,6 +1,15 @@
 //! The `tollgate` command line: parses arguments, wires the libraries
 //! together, and turns every failure into one line and an exit status.
 
+/// `eprintln!` that never panics: a standard error that cannot be written
+/// (a closed pipe, a device) loses the message, not the exit status.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod cmd;
 
@@ -42,7 +51,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("tollgate: {}", one_line(&error));
+            say!("tollgate: {}", one_line(&error));
             ExitCode::from(EXIT_CONFIG)
         }
     }

@@ -45,6 +45,8 @@ pub enum RunError {
     Audit(#[from] AuditError),
     #[error("--out {}: not empty; give a new or empty directory (results are never overwritten)", .0.display())]
     OutNotEmpty(PathBuf),
+    #[error("setup replaced {} with {what}, where later phases mount: leave it a directory (nothing was cached)", .path.display())]
+    MountPointReplaced { path: PathBuf, what: &'static str },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("cannot start the async runtime: {0}")]

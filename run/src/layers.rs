@@ -123,27 +123,93 @@ pub fn out_dirs_in_progress(runs: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Run directories named for a process that no longer exists: what a
-/// tollgate killed with SIGKILL left behind.
-fn remove_abandoned(runs: &Path) {
+/// The first of `points` (directories inside, where later phases mount)
+/// that a phase's layer `upper` holds as something other than a directory,
+/// and what it holds there. Setup code could otherwise publish a snapshot
+/// with a symlink where the mirror is mounted, and every run resuming it
+/// would fail for the snapshot's whole lifetime. A whiteout (the phase
+/// deleted the directory) is fine: later phases make it again.
+pub(crate) fn replaced_mount_point(
+    upper: &Path,
+    points: &[&Path],
+) -> Option<(PathBuf, &'static str)> {
+    use std::os::unix::fs::FileTypeExt;
+    for point in points {
+        let mut inside = PathBuf::from("/");
+        for part in point.components().skip(1) {
+            inside.push(part);
+            let Ok(meta) = std::fs::symlink_metadata(upper.join(inside.strip_prefix("/").ok()?))
+            else {
+                break;
+            };
+            let kind = meta.file_type();
+            let what = if kind.is_dir() {
+                continue;
+            } else if kind.is_char_device() && std::os::unix::fs::MetadataExt::rdev(&meta) == 0 {
+                break;
+            } else if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_file() {
+                "a file"
+            } else {
+                "a special file"
+            };
+            return Some((inside, what));
+        }
+    }
+    None
+}
+
+/// Removes run directories named for a process that no longer exists
+/// (what a tollgate killed with SIGKILL left behind); how many.
+pub(crate) fn remove_abandoned(runs: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(runs) else {
-        return;
+        return 0;
     };
+    let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let owner = name
             .to_str()
             .and_then(|n| n.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok());
-        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = std::fs::remove_dir_all(entry.path());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
         }
     }
+    removed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mount_point_replaced_in_a_layer_is_found_a_deleted_one_is_not() {
+        let upper = std::env::temp_dir().join(format!("tollgate-points-{}", std::process::id()));
+        let points = [
+            Path::new("/run/tollgate/origin.git"),
+            Path::new("/workspace/proj"),
+        ];
+        std::fs::create_dir_all(upper.join("run")).unwrap();
+        std::fs::create_dir_all(upper.join("workspace/proj")).unwrap();
+        assert_eq!(replaced_mount_point(&upper, &points), None);
+        std::os::unix::fs::symlink("/tmp", upper.join("run/tollgate")).unwrap();
+        assert_eq!(
+            replaced_mount_point(&upper, &points),
+            Some((PathBuf::from("/run/tollgate"), "a symbolic link"))
+        );
+        std::fs::remove_file(upper.join("run/tollgate")).unwrap();
+        std::fs::remove_dir(upper.join("workspace/proj")).unwrap();
+        std::fs::write(upper.join("workspace/proj"), "").unwrap();
+        assert_eq!(
+            replaced_mount_point(&upper, &points),
+            Some((PathBuf::from("/workspace/proj"), "a file"))
+        );
+        std::fs::remove_dir_all(&upper).unwrap();
+    }
 
     #[test]
     fn phases_get_upper_and_work_and_the_run_is_removed_on_drop() {

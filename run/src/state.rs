@@ -50,6 +50,12 @@ impl StateDir {
     pub fn out_dirs_in_progress(&self) -> Vec<PathBuf> {
         crate::layers::out_dirs_in_progress(&self.runs_dir())
     }
+
+    /// Removes the run directories of tollgate processes that are gone
+    /// (killed with SIGKILL); how many.
+    pub fn remove_abandoned_runs(&self) -> usize {
+        crate::layers::remove_abandoned(&self.runs_dir())
+    }
 }
 
 fn default_state_dir() -> PathBuf {

@@ -20,7 +20,7 @@ use crate::diff::{self, DiffLayers};
 use crate::environment::{Environment, PhasePolicy, Secret, SecretSource};
 use crate::error::RunError;
 use crate::events::{Event, EventSink};
-use crate::layers::RunLayers;
+use crate::layers::{self, RunLayers};
 use crate::output;
 use crate::phase::{self, Plan, Shared};
 use crate::result::{CacheResult, DiffResult, PhaseOutcome, RunResult};
@@ -231,6 +231,11 @@ impl Run {
         let (phase, mut warnings) =
             self.run_script("setup", &script, setup_dir, Vec::new(), Vec::new())?;
         warnings.extend(self.secret_warnings(&upper));
+        let workspace = Path::new("/").join(&self.workspace);
+        let mount_points = [Path::new(MIRROR_INSIDE), &workspace];
+        if let Some((path, what)) = layers::replaced_mount_point(&upper, &mount_points) {
+            return Err(RunError::MountPointReplaced { path, what });
+        }
         let mut ready = Ready {
             checked_out,
             read_only: vec![upper.clone()],
@@ -286,6 +291,7 @@ impl Run {
             host: self.layers.mirror(),
             sandbox: PathBuf::from(MIRROR_INSIDE),
             read_only: true,
+            tollgates_own: true,
         }];
         let read_only = vec![snapshot.layer.clone()];
         let (phase, mut warnings) =

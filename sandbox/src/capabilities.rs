@@ -1,12 +1,13 @@
-//! Privileges the sandboxed command never gets back.
+//! Privileges the sandboxed command (and PID 1, once the sandbox is built)
+//! never gets back.
 //!
-//! The command runs as uid 0 of the host (so files of the base layer keep
-//! their owners and the overlay needs no id mapping) but with every
-//! capability gone: not in the effective, permitted, inheritable or ambient
-//! sets, and not in the bounding set, so no exec — of a setuid binary or
-//! anything else — can regain one. `no_new_privs` closes the setuid path
-//! independently. Without CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_NET_RAW there
-//! is no mount, unshare/setns, interface, route or raw socket.
+//! The command runs as root of its own user namespace (an unprivileged
+//! host uid, ids.rs) with every capability gone even there: not in the
+//! effective, permitted, inheritable or ambient sets, and not in the
+//! bounding set, so no exec — of a setuid binary or anything else — can
+//! regain one. `no_new_privs` closes the setuid path independently. Without
+//! CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_NET_RAW there is no mount,
+//! unshare/setns, interface, route or raw socket.
 
 use caps::CapSet;
 

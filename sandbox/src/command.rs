@@ -8,7 +8,7 @@
 //! installs the seccomp filter and execs the command.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -16,11 +16,12 @@ use nix::fcntl::{open, OFlag};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{
-    dup2_stderr, dup2_stdin, dup2_stdout, isatty, pipe2, setresgid, setresuid, setsid, ForkResult,
-    Gid, Pid, Uid,
+    dup2_stderr, dup2_stdin, dup2_stdout, pipe2, setresgid, setresuid, setsid, ForkResult, Gid,
+    Pid, Uid,
 };
 
 use crate::ids::IdMapping;
+use crate::pty::Terminals;
 use crate::spec::Spec;
 use crate::{capabilities, seccomp, sys, SandboxError};
 
@@ -38,7 +39,11 @@ pub(crate) struct Pending {
 
 /// Forks the command's process; as root it has made its user namespace
 /// when this returns.
-pub(crate) fn fork(spec: &Spec, ids: &IdMapping, console: bool) -> Result<Pending, SandboxError> {
+pub(crate) fn fork(
+    spec: &Spec,
+    ids: &IdMapping,
+    console: Option<Terminals>,
+) -> Result<Pending, SandboxError> {
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SandboxError::setup("create a pipe"));
     let (go_read, go_write) = pipe()?;
     let (ready_read, ready_write) = pipe()?;
@@ -86,7 +91,7 @@ impl Pending {
 fn child(
     spec: &Spec,
     ids: &IdMapping,
-    console: bool,
+    console: Option<Terminals>,
     go: OwnedFd,
     ready: OwnedFd,
     failure: &OwnedFd,
@@ -136,7 +141,11 @@ impl From<SandboxError> for Failure {
 enum Never {}
 
 /// The last steps of the checklist, in the command's own process.
-fn become_the_command(spec: &Spec, ids: &IdMapping, console: bool) -> Result<Never, Failure> {
+fn become_the_command(
+    spec: &Spec,
+    ids: &IdMapping,
+    console: Option<Terminals>,
+) -> Result<Never, Failure> {
     // a. Root of its user namespace (as root), with no supplementary group
     //    of the host's.
     if matches!(ids, IdMapping::Mapped { .. }) {
@@ -148,10 +157,10 @@ fn become_the_command(spec: &Spec, ids: &IdMapping, console: bool) -> Result<Nev
     }
     // b. A session of its own; with a terminal made for it, that terminal
     //    as its controlling one (opened by a session leader without one),
-    //    on every standard stream that was a terminal.
+    //    on every standard stream that was the caller's terminal.
     setsid().map_err(SandboxError::setup("start a session"))?;
-    if console {
-        take_console()?;
+    if let Some(streams) = console {
+        take_console(streams)?;
     }
     // c. no_new_privs and no capability in any set; then the seccomp
     //    allowlist. Both are inherited by everything the command starts.
@@ -171,24 +180,22 @@ fn become_the_command(spec: &Spec, ids: &IdMapping, console: bool) -> Result<Nev
     Err(Failure::Exec(error))
 }
 
-fn take_console() -> Result<(), SandboxError> {
+fn take_console(streams: Terminals) -> Result<(), SandboxError> {
     let console = open(
         "/dev/console",
         OFlag::O_RDWR | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(SandboxError::setup("open /dev/console"))?;
-    let use_it = SandboxError::setup("use the terminal");
-    if isatty(std::io::stdin().as_fd()).unwrap_or(false) {
-        dup2_stdin(&console).map_err(use_it)?;
+    let use_it = || SandboxError::setup("use the terminal");
+    if streams.stdin {
+        dup2_stdin(&console).map_err(use_it())?;
     }
-    let use_it = SandboxError::setup("use the terminal");
-    if isatty(std::io::stdout().as_fd()).unwrap_or(false) {
-        dup2_stdout(&console).map_err(use_it)?;
+    if streams.stdout {
+        dup2_stdout(&console).map_err(use_it())?;
     }
-    let use_it = SandboxError::setup("use the terminal");
-    if isatty(std::io::stderr().as_fd()).unwrap_or(false) {
-        dup2_stderr(&console).map_err(use_it)?;
+    if streams.stderr {
+        dup2_stderr(&console).map_err(use_it())?;
     }
     Ok(())
 }

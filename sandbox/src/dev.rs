@@ -17,12 +17,12 @@ use crate::SandboxError;
 
 /// Device nodes bound in from the host: what programs expect to open.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-/// The terminal made for the command (PID 1's standard input in that
-/// case), bound as /dev/console, where `tty` and ttyname(3) find it. It is
-/// bound by its path in the host's /dev/pts (as this mount namespace's
-/// copy shows it): a mount the descriptor's own path names belongs to the
-/// host's namespace, and may not be bound here.
-const CONSOLE: &str = "/proc/self/fd/0";
+/// Pseudo-terminals one sandbox may open. Every devpts instance but the
+/// host's draws on one pool, `kernel.pty.max` minus `kernel.pty.reserve`
+/// (4096 - 1024 by default): unbounded, one sandbox could take them all
+/// from every other sandbox and container. A shell with a few dozen panes
+/// is far below this.
+const PTYS: u32 = 128;
 /// /dev holds directories, links and mount points: a little is plenty.
 const DEV_SIZE: u64 = 64 * 1024;
 
@@ -47,9 +47,11 @@ impl Tmpfs {
 }
 
 /// A minimal /dev: a few character devices, a private devpts, /dev/shm,
-/// and when the command has a terminal of its own, /dev/console. Host
-/// disks and everything else in the host's /dev stay invisible.
-pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: bool) -> Result<(), SandboxError> {
+/// and when the command has a terminal of its own, /dev/console (where
+/// `tty` and ttyname(3) find it; `console` is its path in the host's
+/// /dev/pts, as this mount namespace's copy shows it). Host disks and
+/// everything else in the host's /dev stay invisible.
+pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: Option<&Path>) -> Result<(), SandboxError> {
     let dev = safe_target(root, Path::new("/dev"), TargetKind::Dir)?;
     let options = Tmpfs {
         size: Some(DEV_SIZE),
@@ -67,7 +69,7 @@ pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: bool) -> Result<(), Sandbox
     let nodes = DEVICES
         .iter()
         .map(|name| (*name, Path::new("/dev").join(name)))
-        .chain(console.then(console_path).flatten());
+        .chain(console.map(|path| ("console", path.to_path_buf())));
     for (name, source) in nodes {
         let target = dev.join(name);
         fs::write(&target, b"").map_err(SandboxError::io(format!("create /dev/{name}")))?;
@@ -81,7 +83,7 @@ pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: bool) -> Result<(), Sandbox
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
+        Some(format!("newinstance,ptmxmode=0666,mode=0620,max={PTYS}").as_str()),
     )
     .map_err(SandboxError::setup("mount /dev/pts"))?;
     let shm = dev.join("shm");
@@ -105,11 +107,6 @@ pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: bool) -> Result<(), Sandbox
         symlink(target, dev.join(link)).map_err(SandboxError::io(format!("link /dev/{link}")))?;
     }
     Ok(())
-}
-
-/// Where the command's terminal is in this mount namespace.
-fn console_path() -> Option<(&'static str, std::path::PathBuf)> {
-    fs::read_link(CONSOLE).ok().map(|path| ("console", path))
 }
 
 /// A private /tmp.

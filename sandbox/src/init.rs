@@ -9,6 +9,7 @@
 //! the proxy's listener in it), joined the cgroups and made the mount, PID,
 //! IPC, UTS and cgroup namespaces we are PID 1 of.
 
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -21,7 +22,7 @@ use crate::reaper::{supervise, Signals};
 use crate::rootfs::{self, Idmap, Mounter};
 use crate::spec::Handoff;
 use crate::stage::SETUP_FAILED;
-use crate::{capabilities, mounts, proc, split_root, sys, SandboxError};
+use crate::{capabilities, mounts, proc, seccomp, split_root, sys, SandboxError};
 
 /// Runs PID 1 to its end; its exit status is the command's (or
 /// [`SETUP_FAILED`] when the sandbox could not be built).
@@ -29,11 +30,11 @@ pub(crate) fn run(handoff: Handoff) -> i32 {
     match build_and_supervise(handoff) {
         Ok(code) => code,
         Err(Ended::Setup(error)) => {
-            eprintln!("tollgate: sandbox: {error}");
+            let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {error}");
             i32::from(SETUP_FAILED)
         }
         Err(Ended::NotRun(code, why)) => {
-            eprintln!("tollgate: sandbox: {why}");
+            let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {why}");
             code
         }
     }
@@ -82,7 +83,7 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
     //    root) makes the user namespace it will run in; we map its ids to
     //    the unprivileged host range (ids.rs) and keep a handle on it for
     //    the idmapped layers.
-    let pending = command::fork(&spec, &ids, console)?;
+    let pending = command::fork(&spec, &ids, console.as_ref().map(|c| c.streams))?;
     mounter.idmap = map_ids(&ids, &our_proc.join(pending.pid.to_string()))?;
     // 5. Overlay root: the base and any earlier layers read-only, idmapped
     //    as root so their files keep their owners inside; writes go to an
@@ -109,7 +110,8 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
     mounter.as_sandbox_root(|| -> Result<(), SandboxError> {
         let userns = mounter.idmap.as_ref().map(|idmap| idmap.userns.as_fd());
         mounts::mount_binds(&layers.root, &spec.binds, userns)?;
-        mounts::mask(&layers.root, &spec.masks, &layers.empty_file)?;
+        let hidden = mounts::hidden_paths(&spec.masks, &spec.binds);
+        mounts::mask(&layers.root, &hidden, &layers.empty_file)?;
         // 7. /proc for this PID namespace, host-global knobs read-only and
         //    leaky files hidden; a minimal /dev whose nodes are read-only
         //    binds (and the command's terminal as /dev/console); sized
@@ -123,25 +125,32 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
                 .map(|idmap| (idmap.root_uid, idmap.root_gid)),
         };
         proc::mount_proc(&layers.root)?;
-        dev::mount_dev(&layers.root, tmpfs, console)?;
+        dev::mount_dev(
+            &layers.root,
+            tmpfs,
+            console.as_ref().map(|c| c.path.as_path()),
+        )?;
         dev::mount_tmp(&layers.root, tmpfs)
     })??;
     // 8. pivot_root: the host's filesystem is no longer reachable. Then
     //    the files laid over the root (resolv.conf, the CA bundle, ...).
+    let staged = mounter.stage_files(&spec.files)?;
     rootfs::pivot_into(&layers.root)?;
-    mounter.as_sandbox_root(|| rootfs::write_files(&spec.files))??;
+    mounter.as_sandbox_root(|| rootfs::write_files(&spec.files, &staged))??;
     // 9. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
     drop(mounter);
-    // 10. The command: it becomes root of its user namespace, takes its
+    // 10. We give up every privilege we had, before the command runs: as
+    //     root, the host ids of the sandbox's root (so we may still signal
+    //     and reap the command, and nothing else); no capability in any
+    //     set, the bounding set included; no_new_privs and the command's
+    //     seccomp allowlist; not dumpable, so nothing in the sandbox may
+    //     read our memory or environment.
+    drop_privileges(&ids)?;
+    // 11. The command: it becomes root of its user namespace, takes its
     //     terminal, drops every capability, sets no_new_privs, installs the
     //     seccomp allowlist and execs (command.rs).
     let child = start(pending)?;
-    // 11. We give up every privilege we had: as root, the host ids of the
-    //     sandbox's root (so we may still signal and reap the command, and
-    //     nothing else); no capability; not dumpable, so nothing in the
-    //     sandbox may read our memory or environment.
-    drop_privileges(&ids)?;
     // 12. Reap, forward signals, and end the namespace with the command.
     Ok(supervise(&mut signals, child)?)
 }
@@ -172,21 +181,25 @@ fn start(pending: Pending) -> Result<Pid, Ended> {
 
 /// PID 1 keeps nothing it does not need to reap and signal the command.
 fn drop_privileges(ids: &IdMapping) -> Result<(), SandboxError> {
+    nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
     if let IdMapping::Mapped { .. } = ids {
         let (uid, gid) = (
             Uid::from_raw(ids.host_root_uid()),
             Gid::from_raw(ids.host_root_gid()),
         );
+        // The bounding set while we still hold CAP_SETPCAP.
+        caps::clear(None, caps::CapSet::Bounding)
+            .map_err(|e| SandboxError::Capabilities(format!("PID 1's bounding set: {e}")))?;
         setgroups(&[]).map_err(SandboxError::setup("drop PID 1's groups"))?;
         setresgid(gid, gid, gid).map_err(SandboxError::setup("drop PID 1's gid"))?;
-        // All uids nonzero: every capability is gone with them.
+        // All uids nonzero: every other capability is gone with them.
         setresuid(uid, uid, uid).map_err(SandboxError::setup("drop PID 1's uid"))?;
-        // A uid change clears the parent-death signal.
+        // A uid change clears the parent-death signal and dumpable.
         die_with_parent()?;
-    } else {
-        capabilities::drop_all()?;
+        nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
     }
-    nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))
+    capabilities::drop_all()?;
+    seccomp::install().map_err(SandboxError::from)
 }
 
 /// SIGKILL when the stage goes, and the PID namespace with us.

@@ -9,7 +9,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -17,7 +16,7 @@ use nix::unistd::Pid;
 use crate::control::{Control, ControlListener, Message};
 use crate::ids::{self, IdMapping};
 use crate::pty::{self, Relay, Terminals};
-use crate::spec::{Handoff, Spec};
+use crate::spec::{Console, Handoff, Spec};
 use crate::stage::STAGE_ARG;
 use crate::{stdio, sys, SandboxError};
 
@@ -106,6 +105,7 @@ struct Streams {
     stdout: Stdio,
     stderr: Stdio,
     master: Option<(OwnedFd, Terminals)>,
+    console: Option<Console>,
 }
 
 impl Output {
@@ -120,6 +120,7 @@ impl Output {
                 stdout: Stdio::from(clone(&fd)?),
                 stderr: Stdio::from(fd),
                 master: None,
+                console: None,
             }),
             Output::Inherit => {
                 stdio::check_inherited()?;
@@ -130,10 +131,11 @@ impl Output {
                         stdout: Stdio::inherit(),
                         stderr: Stdio::inherit(),
                         master: None,
+                        console: None,
                     });
                 }
                 let owner = (ids.host_root_uid(), ids.host_root_gid());
-                let (master, slave) = pty::open(terminals, owner)?;
+                let (master, slave, path) = pty::open(terminals, owner)?;
                 let pick = |tty: bool| -> Result<Stdio, SandboxError> {
                     Ok(if tty {
                         Stdio::from(clone(&slave)?)
@@ -142,13 +144,14 @@ impl Output {
                     })
                 };
                 Ok(Streams {
-                    // The sandbox's terminal is PID 1's standard input (it
-                    // becomes /dev/console), even when only an output of
-                    // the caller's is a terminal.
-                    stdin: Stdio::from(clone(&slave)?),
+                    stdin: pick(terminals.stdin)?,
                     stdout: pick(terminals.stdout)?,
                     stderr: pick(terminals.stderr)?,
                     master: Some((master, terminals)),
+                    console: Some(Console {
+                        path,
+                        streams: terminals,
+                    }),
                 })
             }
         }
@@ -169,8 +172,8 @@ impl Sandbox {
             return Err(SandboxError::BadBase(spec.base.clone()));
         }
         let ids = IdMapping::for_this_process();
-        let streams = output.streams(&ids)?;
-        let console = streams.master.is_some();
+        let mut streams = output.streams(&ids)?;
+        let console = streams.console.take();
         let run_dir = private_run_dir()?;
         let guard = RunDir(run_dir.clone());
         let scratch = run_dir.join("scratch");
@@ -354,13 +357,15 @@ impl Drop for RunDir {
     }
 }
 
-/// Run directories of tollgate processes that no longer exist: a host side
-/// killed with SIGKILL cannot remove its own (the sandbox's writes were on
-/// its namespace's tmpfs and are gone; this is the empty scaffolding).
-fn remove_stale_run_dirs() {
+/// Removes the run directories of tollgate processes that no longer exist
+/// (a host side killed with SIGKILL cannot remove its own; the sandbox's
+/// writes were on its namespace's tmpfs and are gone, this is the empty
+/// scaffolding); how many.
+pub fn remove_stale_run_dirs() -> usize {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
+        return 0;
     };
+    let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(RUN_DIR_PREFIX)) else {
@@ -370,23 +375,31 @@ fn remove_stale_run_dirs() {
             .split('-')
             .next()
             .and_then(|pid| pid.parse::<u32>().ok());
-        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = std::fs::remove_dir_all(entry.path());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
         }
     }
+    removed
 }
 
 const RUN_DIR_PREFIX: &str = "tollgate-run-";
 
-/// A fresh 0700 directory for the spec, injected files and the scratch
-/// mount point.
+/// A fresh 0700 directory for the scratch mount point and the control
+/// socket, named for our pid (so that a later tollgate can tell it is
+/// stale) and 64 random bits: in a temp dir every user may write, a name
+/// another user can guess is one they can take first, and every sandbox
+/// would fail to start. mkdir never follows or reuses what is there.
 fn private_run_dir() -> Result<PathBuf, SandboxError> {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
     remove_stale_run_dirs();
+    let mut random = [0u8; 8];
+    getrandom::getrandom(&mut random)
+        .map_err(|e| SandboxError::io("pick a run directory name")(e.into()))?;
     let dir = std::env::temp_dir().join(format!(
-        "{RUN_DIR_PREFIX}{}-{}",
+        "{RUN_DIR_PREFIX}{}-{:016x}",
         std::process::id(),
-        RUNS.fetch_add(1, Ordering::Relaxed)
+        u64::from_le_bytes(random)
     ));
     DirBuilder::new()
         .mode(0o700)

@@ -54,13 +54,19 @@ pub(crate) fn safe_target(
     Ok(current)
 }
 
-/// Host directories bound in, read-only when asked.
+/// Host directories bound in, read-only when asked; nosuid and nodev
+/// either way.
 ///
-/// As root, a read-only bind is idmapped like the layers, so that what
-/// host root owns is root's inside (git, for one, refuses a repository
-/// whose owner is not the reader). A writable bind is not: what the
-/// sandbox writes there is owned by the sandbox's unprivileged host uid,
-/// never by host root (a setuid file it made would be one on the host).
+/// A bind the operator asked for is not idmapped: the sandbox reaches what
+/// is in it with the rights of its unprivileged host uid, as any local user
+/// without groups would (host root's files are nobody's inside). Idmapped,
+/// a read-only bind would still give root inside host root's rights over
+/// what is not a file: a root-only unix socket (Docker's is host root) can
+/// be connected to and a FIFO written, read-only mount or not. What the
+/// sandbox writes in a writable bind is owned by its host uid, never by
+/// host root. tollgate's own binds (a run's mirror) are idmapped, so that
+/// git, which refuses a repository whose owner is not the reader, reads
+/// them as root's.
 pub fn mount_binds(
     root: &Path,
     binds: &[Bind],
@@ -74,7 +80,7 @@ pub fn mount_binds(
         };
         let target = safe_target(root, &bind.sandbox, kind)?;
         let step = format!("bind {} to {}", bind.host.display(), bind.sandbox.display());
-        let idmapped = match userns.filter(|_| bind.read_only) {
+        let idmapped = match userns.filter(|_| bind.tollgates_own) {
             // A file system that cannot be idmapped is bound as it is.
             Some(userns) => sys::idmapped_clone(&bind.host, userns)
                 .and_then(|tree| sys::attach(&tree, &target))
@@ -91,10 +97,11 @@ pub fn mount_binds(
             )
             .map_err(SandboxError::setup(step.clone()))?;
         }
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         if bind.read_only {
-            remount_read_only(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
-                .map_err(SandboxError::setup(format!("{step} read-only")))?;
+            flags |= MsFlags::MS_RDONLY;
         }
+        remount(&target, flags).map_err(SandboxError::setup(format!("{step} nosuid, nodev")))?;
     }
     Ok(())
 }
@@ -133,6 +140,30 @@ pub fn mask(root: &Path, paths: &[PathBuf], empty: &Path) -> Result<(), SandboxE
     Ok(())
 }
 
+/// Where each of `hidden` (real host paths, hidden at their own path in
+/// the base) shows up inside: at its own path, and under every bind whose
+/// host directory holds it, at the bind's path inside; and a bind of
+/// something inside a hidden directory is hidden whole (unless it is one
+/// of tollgate's own). A state dir under a bound home directory stays
+/// hidden however it is reached.
+pub fn hidden_paths(hidden: &[PathBuf], binds: &[Bind]) -> Vec<PathBuf> {
+    let mut paths = hidden.to_vec();
+    for path in hidden {
+        for bind in binds {
+            if let Ok(rest) = path.strip_prefix(&bind.host) {
+                paths.push(if rest.as_os_str().is_empty() {
+                    bind.sandbox.clone()
+                } else {
+                    bind.sandbox.join(rest)
+                });
+            } else if bind.host.starts_with(path) && !bind.tollgates_own {
+                paths.push(bind.sandbox.clone());
+            }
+        }
+    }
+    paths
+}
+
 /// Binds `path` onto itself and remounts the bind read-only (and nosuid,
 /// nodev, noexec).
 pub(crate) fn read_only_bind(path: &Path) -> nix::Result<()> {
@@ -157,15 +188,22 @@ pub(crate) fn bind_read_only(source: &Path, target: &Path, extra: MsFlags) -> ni
     remount_read_only(target, extra)
 }
 
-/// Remounts the bind mount at `target` read-only with `extra` flags,
-/// keeping the flags it already has: a bind of a mount from a more
-/// privileged namespace (rootless) has them locked, and a remount that
-/// would drop one is refused.
+/// Remounts the bind mount at `target` read-only with `extra` flags (see
+/// [`remount`]).
 pub(crate) fn remount_read_only(target: &Path, extra: MsFlags) -> nix::Result<()> {
+    remount(target, MsFlags::MS_RDONLY | extra)
+}
+
+/// Remounts the bind mount at `target` with `flags`, keeping the flags it
+/// already has: a bind of a mount from a more privileged namespace
+/// (rootless) has them locked, and a remount that would drop one is
+/// refused.
+pub(crate) fn remount(target: &Path, flags: MsFlags) -> nix::Result<()> {
     use nix::sys::statvfs::{statvfs, FsFlags};
     let current = statvfs(target)?.flags();
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
     for (has, keep) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
@@ -185,6 +223,47 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
+
+    #[test]
+    fn what_is_hidden_is_hidden_under_every_bind_that_holds_it() {
+        let bind = |host: &str, sandbox: &str| Bind {
+            host: host.into(),
+            sandbox: sandbox.into(),
+            read_only: true,
+            tollgates_own: false,
+        };
+        let hidden = [PathBuf::from("/var/lib/tollgate"), PathBuf::from("/srv/ca")];
+        let binds = [
+            bind("/var", "/hostvar"),
+            bind("/var/lib/tollgate/cache", "/c"),
+            bind("/srv/ca", "/ca"),
+            bind("/srv/cache", "/x"),
+            bind("/", "/host"),
+            Bind {
+                tollgates_own: true,
+                ..bind(
+                    "/var/lib/tollgate/runs/1/mirror",
+                    "/run/tollgate/origin.git",
+                )
+            },
+        ];
+        let paths: Vec<String> = hidden_paths(&hidden, &binds)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/var/lib/tollgate",
+                "/srv/ca",
+                "/hostvar/lib/tollgate",
+                "/c",
+                "/host/var/lib/tollgate",
+                "/ca",
+                "/host/srv/ca",
+            ]
+        );
+    }
 
     #[test]
     fn targets_are_created_under_the_root_and_never_through_symlinks() {

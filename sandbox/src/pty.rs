@@ -7,7 +7,8 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use nix::errno::Errno;
@@ -20,8 +21,8 @@ use nix::unistd::{isatty, pipe2};
 use crate::{sys, SandboxError};
 
 /// Which of the caller's standard streams are terminals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Terminals {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Terminals {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
@@ -54,11 +55,12 @@ pub(crate) struct Relay {
 
 /// A new pseudo-terminal with the caller's settings and size, its slave
 /// end owned by the sandbox's root (`owner`: host uid and gid), which gets
-/// it in place of the caller's terminal streams.
+/// it in place of the caller's terminal streams: the master, the slave and
+/// the slave's path.
 pub(crate) fn open(
     terminals: Terminals,
     owner: (u32, u32),
-) -> Result<(OwnedFd, OwnedFd), SandboxError> {
+) -> Result<(OwnedFd, OwnedFd, PathBuf), SandboxError> {
     let caller = caller_terminal(terminals);
     let settings = caller.as_ref().and_then(|fd| tcgetattr(fd).ok());
     let size = caller
@@ -72,7 +74,9 @@ pub(crate) fn open(
         Some(nix::unistd::Gid::from_raw(owner.1)),
     )
     .map_err(SandboxError::setup("give the sandbox its terminal"))?;
-    Ok((pair.master, pair.slave))
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", pair.slave.as_raw_fd()))
+        .map_err(SandboxError::io("find the sandbox's terminal"))?;
+    Ok((pair.master, pair.slave, path))
 }
 
 impl Relay {

@@ -27,6 +27,14 @@ use crate::mounts::none;
 use crate::spec::NewFile;
 use crate::{sys, SandboxError};
 
+/// Every overlay is nodev and nosuid. The base is idmapped as root: a
+/// root-only device node anywhere in it (a chroot's /dev, a container's
+/// rootfs, a disk node someone made by hand) would be the sandbox root's
+/// own, and a write to a block device is a write to the host's disk. The
+/// devices the sandbox may use are the read-only binds in its /dev.
+/// (setuid means nothing under no_new_privs; nosuid says so twice.)
+const NO_DEVICES_OR_SETUID: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
+
 /// Where the layers live inside the scratch tmpfs.
 pub struct Layers {
     pub upper: PathBuf,
@@ -184,7 +192,7 @@ impl Mounter {
         fs::create_dir(&view).map_err(SandboxError::io(format!("create {}", view.display())))?;
         overlay_safe(base)?;
         let options = format!("lowerdir={}:{}", base.display(), empty.display());
-        self.overlay(&view, &options, MsFlags::MS_RDONLY)
+        self.overlay(&view, &options, MsFlags::MS_RDONLY | NO_DEVICES_OR_SETUID)
             .map_err(SandboxError::setup(format!(
                 "mount a read-only view of {}",
                 base.display()
@@ -236,7 +244,7 @@ impl Mounter {
             upper.display(),
             work.display()
         );
-        self.overlay(target, &options, MsFlags::empty())
+        self.overlay(target, &options, NO_DEVICES_OR_SETUID)
             .map_err(SandboxError::setup(format!(
                 "mount overlay of {}",
                 lower.last().map_or("", String::as_str)
@@ -319,26 +327,65 @@ pub fn pivot_into(root: &Path) -> Result<(), SandboxError> {
 }
 
 /// Lays files over paths inside (after the pivot, so a symlink at the path
-/// is replaced rather than followed to wherever it points).
-pub fn write_files(files: &[NewFile]) -> Result<(), SandboxError> {
-    for NewFile {
-        sandbox: path,
-        bytes,
-    } in files
-    {
-        if fs::symlink_metadata(path).is_ok() {
-            fs::remove_file(path)
-                .map_err(SandboxError::io(format!("replace {}", path.display())))?;
+/// is replaced rather than followed to wherever it points). A file that
+/// cannot be replaced (rootless, one in a directory of host root's, which
+/// is nobody's inside) is covered by a bind of its `staged` copy, when
+/// there is one.
+pub fn write_files(files: &[NewFile], staged: &[OwnedFd]) -> Result<(), SandboxError> {
+    for (i, file) in files.iter().enumerate() {
+        match replace_file(file) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && i < staged.len() => {
+                sys::attach(&staged[i], &file.sandbox).map_err(SandboxError::setup(format!(
+                    "lay {} over the base's",
+                    file.sandbox.display()
+                )))?
+            }
+            done => done.map_err(SandboxError::io(format!(
+                "replace {}",
+                file.sandbox.display()
+            )))?,
         }
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(SandboxError::io(format!("create {}", parent.display())))?;
-        }
-        fs::write(path, bytes).map_err(SandboxError::io(format!("write {}", path.display())))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o644))
-            .map_err(SandboxError::io(format!("chmod {}", path.display())))?;
     }
     Ok(())
+}
+
+fn replace_file(file: &NewFile) -> std::io::Result<()> {
+    let path = &file.sandbox;
+    if fs::symlink_metadata(path).is_ok() {
+        fs::remove_file(path)?;
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(path, &file.bytes)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+}
+
+impl Mounter {
+    /// Rootless: each of `files` written to the scratch tmpfs and taken as
+    /// a detached mount, to be bound over a file of the base that
+    /// [`write_files`] cannot replace. (As root the sandbox's root may
+    /// replace any file of the base: nothing to stage.)
+    pub fn stage_files(&self, files: &[NewFile]) -> Result<Vec<OwnedFd>, SandboxError> {
+        if self.idmap.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut staged = Vec::with_capacity(files.len());
+        for (i, file) in files.iter().enumerate() {
+            let copy = self.scratch.join(format!("file-{i}"));
+            fs::write(&copy, &file.bytes)
+                .and_then(|()| fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)))
+                .map_err(SandboxError::io(format!(
+                    "stage {}",
+                    file.sandbox.display()
+                )))?;
+            staged.push(sys::clone_tree(&copy).map_err(SandboxError::setup(format!(
+                "stage {}",
+                file.sandbox.display()
+            )))?);
+        }
+        Ok(staged)
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::IdMapping;
+use crate::pty::Terminals;
 use crate::SandboxError;
 
 /// A host directory made visible inside.
@@ -15,6 +16,11 @@ pub struct Bind {
     pub host: PathBuf,
     pub sandbox: PathBuf,
     pub read_only: bool,
+    /// One of tollgate's own binds, of what it made itself (a run's mirror,
+    /// in the state dir): idmapped, so that what host root owns is root's
+    /// inside, and shown though it lies in a hidden directory. Never for a
+    /// bind the operator asks for (see [`crate::mounts::mount_binds`]).
+    pub tollgates_own: bool,
 }
 
 impl Bind {
@@ -34,13 +40,16 @@ impl Bind {
         {
             return Err(bad("the sandbox path must not contain `..`"));
         }
-        if !host.exists() {
-            return Err(bad("the host path does not exist"));
-        }
+        // Real paths, so that what is hidden inside a bound directory is
+        // found (masks name real paths).
+        let host = host
+            .canonicalize()
+            .map_err(|_| bad("the host path does not exist"))?;
         Ok(Bind {
             host,
             sandbox,
             read_only,
+            tollgates_own: false,
         })
     }
 }
@@ -178,9 +187,19 @@ pub(crate) struct Handoff {
     /// Where the proxy's listener is bound inside.
     pub listen: SocketAddr,
     pub ids: IdMapping,
-    /// PID 1's standard input is a terminal made for the sandbox: it
-    /// becomes /dev/console and the command's controlling terminal.
-    pub console: bool,
+    /// A terminal made for the sandbox, when the caller has one.
+    pub console: Option<Console>,
+}
+
+/// The terminal made for the sandbox (pty.rs): /dev/console inside, the
+/// command's controlling terminal, and its standard streams that were the
+/// caller's terminal (a redirected one stays what it was).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Console {
+    /// Its path in the host's /dev/pts, which PID 1's mount namespace
+    /// shows until the pivot.
+    pub path: PathBuf,
+    pub streams: Terminals,
 }
 
 /// The part of a handoff serialised as JSON; file contents follow it raw.
@@ -202,7 +221,7 @@ struct Header {
     tmpfs_size: Option<u64>,
     listen: SocketAddr,
     ids: IdMapping,
-    console: bool,
+    console: Option<Console>,
 }
 
 impl Handoff {
@@ -229,7 +248,7 @@ impl Handoff {
             tmpfs_size: spec.tmpfs_size,
             listen: self.listen,
             ids: self.ids.clone(),
-            console: self.console,
+            console: self.console.clone(),
         };
         let json = serde_json::to_vec(&header).map_err(|e| SandboxError::Spec(e.to_string()))?;
         let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
@@ -296,7 +315,14 @@ mod tests {
             scratch: PathBuf::from("/run/x"),
             listen: "127.0.0.1:3128".parse().unwrap(),
             ids: IdMapping::for_this_process(),
-            console: true,
+            console: Some(Console {
+                path: PathBuf::from("/dev/pts/3"),
+                streams: Terminals {
+                    stdin: false,
+                    stdout: true,
+                    stderr: true,
+                },
+            }),
         };
         let bytes = handoff.to_bytes().unwrap();
         assert_eq!(Handoff::from_bytes(&bytes).unwrap(), handoff);

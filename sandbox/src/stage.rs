@@ -10,6 +10,7 @@
 //! - Rootless, a user namespace owned by the caller comes first (the caller
 //!   is root in it), and the other namespaces belong to it.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ pub fn enter_if_requested() -> Option<ExitCode> {
 }
 
 fn failed(error: &SandboxError) -> ExitCode {
-    eprintln!("tollgate: sandbox: {error}");
+    let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {error}");
     ExitCode::from(SETUP_FAILED)
 }
 

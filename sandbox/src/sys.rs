@@ -13,11 +13,10 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::unistd::{ForkResult, Pid};
 
-/// A detached copy of the mount at `path` (not its submounts) whose files
-/// appear with their owners mapped through the user namespace `userns`:
-/// the kernel's idmapped mounts (Linux 5.12+, overlayfs over them 5.19+).
-/// Attach it with [`attach`].
-pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+/// A detached copy of the mount at `path` (open_tree with
+/// OPEN_TREE_CLONE), to be attached elsewhere with [`attach`], even after
+/// a pivot has made `path` unreachable.
+pub fn clone_tree(path: &Path) -> Result<OwnedFd, Errno> {
     let path = c_path(path)?;
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
     // SAFETY: open_tree(2) reads the NUL-terminated path, which outlives
@@ -25,7 +24,15 @@ pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> Result<OwnedFd, Er
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
     let fd = Errno::result(fd)?;
     // SAFETY: a descriptor open_tree just returned, owned by nobody else.
-    let tree = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| Errno::EBADF)?) };
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| Errno::EBADF)?) })
+}
+
+/// A detached copy of the mount at `path` (not its submounts) whose files
+/// appear with their owners mapped through the user namespace `userns`:
+/// the kernel's idmapped mounts (Linux 5.12+, overlayfs over them 5.19+).
+/// Attach it with [`attach`].
+pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    let tree = clone_tree(path)?;
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP,
         attr_clr: 0,

@@ -59,9 +59,20 @@ pub fn reset(environment: &Path, state: &StateDir) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Expired snapshots, and what tollgate processes killed with SIGKILL
+/// left: their run directories (which may hold a phase's files) and their
+/// sandboxes' scratch directories and cgroups.
 pub fn gc(state: &StateDir) -> Result<ExitCode> {
     let removal = SnapshotStore::new(state.cache_dir()).gc()?;
     report("gc", &removal);
+    let runs = state.remove_abandoned_runs();
+    let scratch = tollgate_sandbox::remove_stale_run_dirs();
+    tollgate_sandbox::cgroup::cleanup_stale();
+    if runs + scratch > 0 {
+        println!(
+            "gc: removed what killed tollgate processes left: {runs} run dir(s), {scratch} scratch dir(s)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

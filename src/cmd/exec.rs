@@ -52,7 +52,7 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
         };
         let enclave = Enclave::start(spec, network, limits, Output::Inherit)?;
         for warning in enclave.warnings() {
-            eprintln!("tollgate: warning: {warning}");
+            say!("tollgate: warning: {warning}");
         }
         enclave
             .supervise(Supervision::ForwardSignals(signals))
@@ -95,7 +95,7 @@ fn warn_about_unwritable_binds(binds: &[Bind]) {
             continue;
         };
         if meta.uid() != root && meta.mode() & 0o002 == 0 {
-            eprintln!(
+            say!(
                 "tollgate: warning: --bind {}: the sandbox's root (host uid {root}) cannot write there; \
                  chown it to {root} or make it world-writable if the command should",
                 bind.host.display()

@@ -73,20 +73,19 @@ fn cancel_on_signals() -> Result<CancellationToken> {
 /// output on standard output under a header, each line after its time.
 fn print(event: Event) {
     match event {
-        Event::Notice(text) => eprintln!("tollgate: {text}"),
-        Event::Warning(text) => eprintln!("tollgate: warning: {text}"),
+        Event::Notice(text) => say!("tollgate: {text}"),
+        Event::Warning(text) => say!("tollgate: warning: {text}"),
         Event::PhaseStarted { phase } => println!("━━━ {phase} ━━━"),
-        Event::Output {
-            elapsed, mut line, ..
-        } => {
-            if line.last() != Some(&b'\n') {
-                line.push(b'\n');
-            }
+        Event::Output { elapsed, line, .. } => {
             let mut stdout = std::io::stdout().lock();
             // The terminal going away must not stop the run.
-            let _ = write!(stdout, "[{:7.1}s] ", elapsed.as_secs_f64())
-                .and_then(|()| stdout.write_all(&line))
-                .and_then(|()| stdout.flush());
+            let _ = writeln!(
+                stdout,
+                "[{:7.1}s] {}",
+                elapsed.as_secs_f64(),
+                visible(&line)
+            )
+            .and_then(|()| stdout.flush());
         }
         Event::Decision(_) | Event::PhaseEnded(_) => {}
     }
@@ -94,7 +93,7 @@ fn print(event: Event) {
 
 fn print_summary(result: &RunResult) {
     for phase in &result.phases {
-        eprintln!(
+        say!(
             "tollgate: {}: exit {} in {:.1}s",
             phase.name,
             phase.exit_code,
@@ -102,7 +101,47 @@ fn print_summary(result: &RunResult) {
         );
     }
     if let Some(diff) = &result.diff {
-        eprintln!("tollgate: diff: {} file(s) changed", diff.files_changed);
+        say!("tollgate: diff: {} file(s) changed", diff.files_changed);
     }
-    eprintln!("tollgate: outputs in {}", result.out.display());
+    say!("tollgate: outputs in {}", result.out.display());
+}
+
+/// A phase's output line as the operator's terminal may show it: what the
+/// sandbox prints is untrusted, and a control character in it would be
+/// obeyed by the terminal (OSC 52 writes the clipboard, a carriage return
+/// or an erase-line overwrites tollgate's own lines). Every control
+/// character but tab is shown escaped (`\x1b`, `\r`, `\u{9b}`); the log
+/// files keep the bytes as they were.
+fn visible(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let mut shown = String::with_capacity(line.len());
+    for c in String::from_utf8_lossy(line).chars() {
+        match c {
+            '\t' => shown.push(c),
+            '\r' => shown.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                shown.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => shown.push_str(&c.escape_unicode().to_string()),
+            c => shown.push(c),
+        }
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible;
+
+    #[test]
+    fn control_characters_from_a_sandbox_never_reach_the_terminal_raw() {
+        assert_eq!(visible(b"plain text\tand a tab\n"), "plain text\tand a tab");
+        assert_eq!(
+            visible(b"\x1b]52;c;cHduZWQ=\x07\x1b[2K\rtollgate: forged"),
+            "\\x1b]52;c;cHduZWQ=\\x07\\x1b[2K\\rtollgate: forged"
+        );
+        // C1 controls (CSI as U+009B) and DEL too; other UTF-8 passes.
+        assert_eq!(visible("\u{9b}31m\u{7f}é✓".as_bytes()), "\\u{9b}31m\\x7fé✓");
+        assert_eq!(visible(b"bad \xff byte"), "bad \u{fffd} byte");
+    }
 }

@@ -40,6 +40,11 @@ pub fn start_exec_with_stdin(command: &mut Command) -> Running {
     Running::spawn_with_stdin(command).on_drop_unless_exited(remove_run_dirs)
 }
 
+/// [`start_exec`] with `stdin` as the command line's standard input.
+pub fn start_exec_with(command: &mut Command, stdin: std::process::Stdio) -> Running {
+    Running::spawn_with(command, stdin).on_drop_unless_exited(remove_run_dirs)
+}
+
 fn remove_run_dirs(pid: u32) {
     for dir in run_dirs_of(pid) {
         let _ = std::fs::remove_dir_all(dir);

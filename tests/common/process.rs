@@ -66,6 +66,11 @@ impl Running {
         Running::start(command, Stdio::piped())
     }
 
+    /// Starts `command` with `stdin` as its standard input.
+    pub fn spawn_with(command: &mut Command, stdin: Stdio) -> Running {
+        Running::start(command, stdin)
+    }
+
     fn start(command: &mut Command, stdin: Stdio) -> Running {
         let what = format!("{command:?}");
         let mut child = command

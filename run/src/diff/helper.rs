@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{ChildStdin, Command, ExitCode, Stdio};
 
@@ -72,7 +73,7 @@ pub fn enter_if_requested() -> Option<ExitCode> {
     Some(match helper(&report) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
+            let _ = writeln!(std::io::stderr(), "{e}");
             ExitCode::FAILURE
         }
     })

@@ -34,7 +34,11 @@ impl CgroupDir {
     /// that swap can bypass is not one: swap is capped too (v2
     /// `memory.swap.max` = 0, v1 `memory.memsw.limit_in_bytes` = the
     /// limit) where the kernel accounts it, and the report says so where
-    /// it does not and the host has swap.
+    /// it does not and the host has swap. Nor is one that socket buffers
+    /// bypass: cgroup v2 charges them to `memory.max`, v1 only once
+    /// `memory.kmem.tcp.limit_in_bytes` is set (without it, loopback
+    /// connections inside fill the host-wide TCP memory, `tcp_mem`, that
+    /// every socket on the host shares).
     pub(super) fn write_limits(
         &self,
         limits: &Limits,
@@ -54,6 +58,9 @@ impl CgroupDir {
             self.set(limit, &bytes)?;
             if !self.set_if_present(swap, swap_value)? && host_has_swap() {
                 report.swap_escape = Some(self.path.join(swap));
+            }
+            if self.version == Version::V1 {
+                self.set_if_present("memory.kmem.tcp.limit_in_bytes", &bytes)?;
             }
         }
         if let (true, Some(count)) = (self.has(Controller::Pids), limits.pids) {

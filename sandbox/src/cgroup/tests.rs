@@ -344,6 +344,8 @@ fn limits_are_written() {
                 assert_eq!(read("memory.limit_in_bytes"), Some(48 << 20));
                 let memsw = dir.path.join("memory.memsw.limit_in_bytes");
                 assert!(!memsw.exists() || read("memory.memsw.limit_in_bytes") == Some(48 << 20));
+                let tcp = dir.path.join("memory.kmem.tcp.limit_in_bytes");
+                assert!(!tcp.exists() || read("memory.kmem.tcp.limit_in_bytes") == Some(48 << 20));
             }
         }
     }
