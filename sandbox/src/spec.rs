@@ -143,8 +143,8 @@ impl Spec {
         self
     }
 
-    pub fn cgroups(mut self, procs_files: Vec<PathBuf>) -> Spec {
-        self.cgroups = procs_files;
+    pub fn cgroups(mut self, join_files: Vec<PathBuf>) -> Spec {
+        self.cgroups = join_files;
         self
     }
 

@@ -118,7 +118,7 @@ impl Enclave {
         let mut files = inside::files(network.trust.map(|ca| ca.cert_pem.as_str()))?;
         files.extend(spec.files.iter().cloned());
         let env = inside::merge(inside::environment(intercepting), spec.env.clone());
-        let spec = spec.files(files).env(env).cgroups(cgroup.procs_files());
+        let spec = spec.files(files).env(env).cgroups(cgroup.join_files());
         let (sandbox, listener) = Sandbox::start(spec, inside::PROXY_ADDR, output)?;
         let config = ProxyConfig {
             phase: Some(Arc::from(network.phase)),

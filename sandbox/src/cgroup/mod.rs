@@ -262,11 +262,12 @@ impl PhaseCgroup {
         Ok((cgroup, report))
     }
 
-    /// The `cgroup.procs` files the sandbox's init writes "0" into to join
-    /// (one per hierarchy). init does that itself, before it starts
-    /// anything, so no process of the phase ever runs outside.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(CgroupDir::procs_file).collect()
+    /// The files the sandbox's stage writes "0" into to join (one per
+    /// hierarchy; see [`CgroupDir::join_file`]). The stage does that
+    /// itself, before it starts anything, so no process of the phase ever
+    /// runs outside.
+    pub fn join_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(CgroupDir::join_file).collect()
     }
 
     /// Kills every process still in the phase's cgroups and waits (at most
@@ -353,12 +354,13 @@ impl Drop for PhaseCgroup {
     }
 }
 
-/// Joins the cgroups: writes "0" to each procs file (the kernel reads 0 as
-/// "the writing process"). Called by the sandbox's init before it starts
-/// anything, while the host's cgroup filesystem is still mounted in its
-/// view, so every process of the phase is born inside.
-pub fn join(procs_files: &[PathBuf]) -> Result<(), CgroupError> {
-    for path in procs_files {
+/// Joins the cgroups: writes "0" to each of [`PhaseCgroup::join_files`]
+/// (the kernel reads 0 as "the writer"). Called by the sandbox's stage, a
+/// single-threaded process, before it starts anything, while the host's
+/// cgroup filesystem is still mounted in its view, so every process of the
+/// phase is born inside.
+pub fn join(files: &[PathBuf]) -> Result<(), CgroupError> {
+    for path in files {
         write_file(path, "0").map_err(|source| CgroupError::Join {
             path: path.clone(),
             source,

@@ -55,7 +55,7 @@ fn spawn_in(cgroup: &PhaseCgroup, script: &str) -> Child {
     helper_command("joined_child")
         .env(
             CHILD_PROCS,
-            std::env::join_paths(cgroup.procs_files()).unwrap(),
+            std::env::join_paths(cgroup.join_files()).unwrap(),
         )
         .env(CHILD_SCRIPT, script)
         .stdin(Stdio::null())
@@ -149,7 +149,7 @@ impl Drop for DirGuard {
 #[test]
 fn no_limits_create_nothing() {
     let (cgroup, report) = PhaseCgroup::create("t-none", &Limits::default()).unwrap();
-    assert!(cgroup.procs_files().is_empty());
+    assert!(cgroup.join_files().is_empty());
     assert_eq!((report.memory.clone(), report.pids.clone()), (None, None));
     assert!(report.warnings().is_empty());
     let host = Hierarchies::detect().unwrap();
@@ -303,11 +303,11 @@ fn one_procs_file_per_hierarchy() {
         .iter()
         .filter(|e| ***e == Some(Enforcement::CgroupV1))
         .count();
-    let files = cgroup.procs_files();
+    let files = cgroup.join_files();
     assert_eq!(files.len(), usize::from(v2) + v1, "{report:?}");
     assert!(files
         .iter()
-        .all(|f| f.is_file() && f.ends_with("cgroup.procs")));
+        .all(|f| f.is_file() && (f.ends_with("cgroup.procs") || f.ends_with("tasks"))));
     let dir_name = phase_dir_name("t-files");
     assert!(files
         .iter()
