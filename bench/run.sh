@@ -40,7 +40,7 @@ ONLY=${BENCH_ONLY:-}
 # sandbox start-up section (see README, "Sandbox start-up")
 SBX_RUNS=${BENCH_SANDBOX_RUNS:-200}      # hyperfine --runs per command
 SBX_WARMUP=${BENCH_SANDBOX_WARMUP:-20}   # hyperfine --warmup per command
-SBX_TARGET=2.0                           # tollgate / bwrap start-up, at most
+SBX_TARGET=1.5                           # tollgate / bwrap start-up, at most (issue 11)
 
 HOST=127.0.0.1
 UP_HTTP=18080

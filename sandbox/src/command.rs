@@ -22,8 +22,9 @@ use nix::unistd::{
 
 use crate::ids::IdMapping;
 use crate::pty::Terminals;
+use crate::seccomp::Filters;
 use crate::spec::Spec;
-use crate::{capabilities, seccomp, sys, SandboxError};
+use crate::{capabilities, sys, SandboxError};
 
 /// Exit status when the command cannot be run, as shells say it: 127 for
 /// one not found, 126 for one that is there but cannot be executed.
@@ -43,6 +44,7 @@ pub(crate) fn fork(
     spec: &Spec,
     ids: &IdMapping,
     console: Option<Terminals>,
+    filters: &Filters,
 ) -> Result<Pending, SandboxError> {
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SandboxError::setup("create a pipe"));
     let (go_read, go_write) = pipe()?;
@@ -51,7 +53,12 @@ pub(crate) fn fork(
     match sys::fork_single_threaded().map_err(SandboxError::setup("start the command's process"))? {
         ForkResult::Child => {
             drop((go_write, ready_read, failure_read));
-            let code = child(spec, ids, console, go_read, ready_write, &failure_write);
+            let code = child(
+                (spec, ids, console, filters),
+                go_read,
+                ready_write,
+                &failure_write,
+            );
             std::process::exit(code)
         }
         ForkResult::Parent { child } => {
@@ -89,9 +96,7 @@ impl Pending {
 
 /// The child: never returns but through exec, or with an exit status.
 fn child(
-    spec: &Spec,
-    ids: &IdMapping,
-    console: Option<Terminals>,
+    (spec, ids, console, filters): (&Spec, &IdMapping, Option<Terminals>, &Filters),
     go: OwnedFd,
     ready: OwnedFd,
     failure: &OwnedFd,
@@ -107,7 +112,7 @@ fn child(
     if !matches!(std::fs::File::from(go).read(&mut word), Ok(1)) {
         return 1;
     }
-    let error = match become_the_command(spec, ids, console) {
+    let error = match become_the_command(spec, ids, console, filters) {
         Ok(never) => match never {},
         Err(error) => error,
     };
@@ -145,6 +150,7 @@ fn become_the_command(
     spec: &Spec,
     ids: &IdMapping,
     console: Option<Terminals>,
+    filters: &Filters,
 ) -> Result<Never, Failure> {
     // a. Root of its user namespace (as root), with no supplementary group
     //    of the host's.
@@ -165,7 +171,7 @@ fn become_the_command(
     // c. no_new_privs and no capability in any set; then the seccomp
     //    allowlist. Both are inherited by everything the command starts.
     capabilities::drop_all()?;
-    seccomp::install().map_err(SandboxError::from)?;
+    filters.install().map_err(SandboxError::from)?;
     // d. exec.
     let (program, args) = spec
         .command

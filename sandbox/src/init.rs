@@ -20,9 +20,10 @@ use crate::dev::{self, Tmpfs};
 use crate::ids::IdMapping;
 use crate::reaper::{supervise, Signals};
 use crate::rootfs::{self, Idmap, Mounter};
+use crate::seccomp::Filters;
 use crate::spec::Handoff;
 use crate::stage::SETUP_FAILED;
-use crate::{capabilities, mounts, proc, seccomp, split_root, sys, SandboxError};
+use crate::{capabilities, mounts, proc, split_root, sys, SandboxError};
 
 /// Runs PID 1 to its end; its exit status is the command's (or
 /// [`SETUP_FAILED`] when the sandbox could not be built).
@@ -82,8 +83,10 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
     // 4. User namespace: the command's process is forked now, and (as
     //    root) makes the user namespace it will run in; we map its ids to
     //    the unprivileged host range (ids.rs) and keep a handle on it for
-    //    the idmapped layers.
-    let pending = command::fork(&spec, &ids, console.as_ref().map(|c| c.streams))?;
+    //    the idmapped layers. The seccomp filters it and we install
+    //    later are compiled once, here.
+    let filters = Filters::compile().map_err(SandboxError::from)?;
+    let pending = command::fork(&spec, &ids, console.as_ref().map(|c| c.streams), &filters)?;
     mounter.idmap = map_ids(&ids, &our_proc.join(pending.pid.to_string()))?;
     // 5. Overlay root: the base and any earlier layers read-only, idmapped
     //    as root so their files keep their owners inside; writes go to an
@@ -146,7 +149,7 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
     //     set, the bounding set included; no_new_privs and the command's
     //     seccomp allowlist; not dumpable, so nothing in the sandbox may
     //     read our memory or environment.
-    drop_privileges(&ids)?;
+    drop_privileges(&ids, &filters)?;
     // 11. The command: it becomes root of its user namespace, takes its
     //     terminal, drops every capability, sets no_new_privs, installs the
     //     seccomp allowlist and execs (command.rs).
@@ -180,7 +183,7 @@ fn start(pending: Pending) -> Result<Pid, Ended> {
 }
 
 /// PID 1 keeps nothing it does not need to reap and signal the command.
-fn drop_privileges(ids: &IdMapping) -> Result<(), SandboxError> {
+fn drop_privileges(ids: &IdMapping, filters: &Filters) -> Result<(), SandboxError> {
     nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
     if let IdMapping::Mapped { .. } = ids {
         let (uid, gid) = (
@@ -199,7 +202,7 @@ fn drop_privileges(ids: &IdMapping) -> Result<(), SandboxError> {
         nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
     }
     capabilities::drop_all()?;
-    seccomp::install().map_err(SandboxError::from)
+    filters.install().map_err(SandboxError::from)
 }
 
 /// SIGKILL when the stage goes, and the PID namespace with us.

@@ -193,14 +193,25 @@ pub fn programs() -> Result<Vec<(&'static str, BpfProgram)>, SeccompError> {
     Ok(vec![allowlist, unsupported, refusals])
 }
 
-/// Installs the filters on the calling thread, for everything it runs from
-/// now on. Sets `no_new_privs` (seccompiler does, before each filter).
-pub fn install() -> Result<(), SeccompError> {
-    for (filter, program) in programs()? {
-        seccompiler::apply_filter(&program)
-            .map_err(|source| SeccompError::Install { filter, source })?;
+/// The filters, compiled once per sandbox (by PID 1, before it forks the
+/// command) and installed twice: compiling is most of the cost.
+pub struct Filters(Vec<(&'static str, BpfProgram)>);
+
+impl Filters {
+    pub fn compile() -> Result<Filters, SeccompError> {
+        programs().map(Filters)
     }
-    Ok(())
+
+    /// Installs the filters on the calling thread, for everything it runs
+    /// from now on. Sets `no_new_privs` (seccompiler does, before each
+    /// filter).
+    pub fn install(&self) -> Result<(), SeccompError> {
+        for (filter, program) in &self.0 {
+            seccompiler::apply_filter(program)
+                .map_err(|source| SeccompError::Install { filter, source })?;
+        }
+        Ok(())
+    }
 }
 
 fn allowlist_filter() -> Result<SeccompFilter, SeccompError> {
