@@ -571,13 +571,7 @@ echo setting > /etc/tg-wall.conf
     ));
     let agent = r#"stat -c 'OWNER%n %u:%g' /usr/local/tg-wall/tool /etc/tg-wall.conf"#;
     for status in ["miss", "hit"] {
-        let run = world.run(
-            &env,
-            &Spec {
-                agent: &["sh", "-c", agent],
-                ..Spec::default()
-            },
-        );
+        let run = world.run_sh(&env, agent);
         run.expect_code(0);
         assert_eq!(run.status(), status, "{run:#?}");
         for (path, owner) in [
@@ -609,13 +603,7 @@ fn setup_that_breaks_tollgates_mount_points_is_not_cached() {
         "",
     ));
     for _ in 0..2 {
-        let run = world.run(
-            &env,
-            &Spec {
-                agent: &["true"],
-                ..Spec::default()
-            },
-        );
+        let run = world.run_sh(&env, "true");
         assert_ne!(run.code(), Some(0), "{run:#?}");
         run.assert_says("/run/tollgate");
         assert!(world.snapshot_keys("poison").is_empty(), "{run:#?}");
@@ -757,16 +745,9 @@ fn phase_output_reaches_the_terminal_with_control_characters_escaped() {
     require_root!();
     let world = RunWorld::new("escapes");
     let env = world.env(&env_yaml("escapes", "true", "", ""));
-    let run = world.run(
+    let run = world.run_sh(
         &env,
-        &Spec {
-            agent: &[
-                "sh",
-                "-c",
-                r"printf '\033]52;c;cHduZWQ=\007\033[2K\rtollgate: agent: exit 0 (forged)\n'",
-            ],
-            ..Spec::default()
-        },
+        r"printf '\033]52;c;cHduZWQ=\007\033[2K\rtollgate: agent: exit 0 (forged)\n'",
     );
     run.expect_code(0);
     let shown = run.phase_text("agent").join("\n");

@@ -23,18 +23,23 @@ const PROC_HIDDEN: [&str; 5] = [
     "latency_stats",
 ];
 
-/// A fresh /proc for the sandbox's PID namespace: it shows only the
-/// sandbox's processes, and nothing in it can change the host.
-pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
-    let target = safe_target(root, Path::new("/proc"), TargetKind::Dir)?;
+/// A proc file system of this PID namespace at `target`: nosuid, nodev,
+/// noexec.
+pub fn mount_proc_at(target: &Path) -> nix::Result<()> {
     mount(
         Some("proc"),
-        &target,
+        target,
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         none(),
     )
-    .map_err(SandboxError::setup("mount /proc"))?;
+}
+
+/// A fresh /proc for the sandbox's PID namespace: it shows only the
+/// sandbox's processes, and nothing in it can change the host.
+pub fn mount_proc(root: &Path) -> Result<(), SandboxError> {
+    let target = safe_target(root, Path::new("/proc"), TargetKind::Dir)?;
+    mount_proc_at(&target).map_err(SandboxError::setup("mount /proc"))?;
     for name in PROC_READ_ONLY {
         let path = target.join(name);
         if path.exists() {

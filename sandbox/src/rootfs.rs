@@ -100,14 +100,7 @@ impl Mounter {
     pub fn own_proc(&self) -> Result<PathBuf, SandboxError> {
         let target = self.scratch.join("proc");
         fs::create_dir(&target).map_err(SandboxError::io("create a mount point for /proc"))?;
-        mount(
-            Some("proc"),
-            &target,
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            none(),
-        )
-        .map_err(SandboxError::setup("mount PID 1's /proc"))?;
+        crate::proc::mount_proc_at(&target).map_err(SandboxError::setup("mount PID 1's /proc"))?;
         Ok(target)
     }
 

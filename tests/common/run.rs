@@ -147,6 +147,17 @@ impl RunWorld {
         }
     }
 
+    /// [`RunWorld::run`] with `sh -c script` as the agent.
+    pub fn run_sh(&self, env: &Path, script: &str) -> RunOut {
+        self.run(
+            env,
+            &Spec {
+                agent: &["sh", "-c", script],
+                ..Spec::default()
+            },
+        )
+    }
+
     /// Runs `tollgate run` to its end and checks that it left nothing
     /// behind (so no other run of this world may be going on).
     pub fn run(&self, env: &Path, spec: &Spec) -> RunOut {
