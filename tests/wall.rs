@@ -380,7 +380,21 @@ fn sandbox_processes_show_as_the_mapped_uid_on_the_host() {
     let command_status = status_of(&command);
     let pid1 = field(&command_status, "PPid").remove(0);
     let pid1_status = status_of(&pid1);
+    // The stage (PID 1's parent, in the host's PID namespace) waits as
+    // root, with no capability left.
+    let stage_status = status_of(&field(&pid1_status, "PPid").remove(0));
     let _ = running.kill();
+    assert_eq!(
+        field(&stage_status, "CapEff"),
+        ["0000000000000000"],
+        "{stage_status}"
+    );
+    assert_eq!(
+        field(&stage_status, "CapBnd"),
+        ["0000000000000000"],
+        "{stage_status}"
+    );
+    assert_eq!(field(&stage_status, "NoNewPrivs"), ["1"], "{stage_status}");
     for (who, status) in [("command", &command_status), ("PID 1", &pid1_status)] {
         for ids in ["Uid", "Gid"] {
             assert_eq!(
@@ -761,4 +775,179 @@ fn phase_output_reaches_the_terminal_with_control_characters_escaped() {
         "{shown}"
     );
     assert!(run.expect_file("agent.log").contains("\x1b]52;c;"));
+}
+
+// ---------------------------------------------------------------------------
+// Round two: what is mounted below a bound directory
+
+/// A tmpfs mounted on the host at `dir/name` (unmounted on drop).
+struct HostMount(PathBuf);
+
+impl HostMount {
+    fn tmpfs(dir: &Path, name: &str) -> HostMount {
+        let point = dir.join(name);
+        std::fs::create_dir_all(&point).unwrap();
+        tool_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "tollgate-test"])
+                .arg(&point),
+        );
+        HostMount(point)
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `--ro-bind` and `--bind` carry what is mounted below their directory,
+/// and every mount of that tree is read-only (for `--ro-bind`), nosuid and
+/// nodev: the nested mount is no way to write or to open a device.
+#[test]
+fn mounts_below_a_bind_are_as_locked_down_as_the_bind() {
+    require_root!();
+    let dir = scratch_on_root_fs("nested");
+    let nested = HostMount::tmpfs(&dir.0, "nested");
+    std::fs::write(nested.0.join("file"), "host data\n").unwrap();
+    mknod(&nested.0.join("null"), 0o666, 1, 3);
+    std::fs::set_permissions(&nested.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.0.display();
+    let out = sh(
+        &[
+            "--ro-bind",
+            &format!("{d}:/ro"),
+            "--bind",
+            &format!("{d}:/rw"),
+        ],
+        r#"
+echo x 2>/dev/null >> /ro/nested/file; echo "ATTEMPT ro-nested-write rc=$?"
+echo x 2>/dev/null > /ro/nested/new; echo "ATTEMPT ro-nested-create rc=$?"
+echo x 2>/dev/null > /ro/nested/null; echo "ATTEMPT ro-nested-device rc=$?"
+echo x 2>/dev/null > /rw/nested/null; echo "ATTEMPT rw-nested-device rc=$?"
+echo "SEEN $(cat /ro/nested/file)"
+"#,
+    );
+    all_refused(&out, 4);
+    assert_eq!(out.expect_value("SEEN"), "host data", "{out:#?}");
+    assert_eq!(
+        std::fs::read_to_string(nested.0.join("file")).unwrap(),
+        "host data\n"
+    );
+    assert!(!nested.0.join("new").exists());
+}
+
+/// A bind that would show the host's kernel interfaces (/proc, /sys,
+/// /dev, cgroups) is refused with one line, before anything runs.
+#[test]
+fn binds_of_the_hosts_kernel_interfaces_are_refused() {
+    require_root!();
+    let dir = scratch_on_root_fs("kernelfs");
+    std::fs::create_dir(dir.0.join("proc")).unwrap();
+    tool_ok(
+        Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(dir.0.join("proc")),
+    );
+    let _unmount = HostMount(dir.0.join("proc"));
+    for bind in [
+        "/proc:/x".to_owned(),
+        "/sys:/x".to_owned(),
+        "/dev:/x".to_owned(),
+        "/:/host".to_owned(),
+        format!("{}:/x", dir.0.display()),
+    ] {
+        let out = exec(&mut exec_command(&["--ro-bind", &bind], &["true"]));
+        assert_eq!(out.code, Some(2), "{bind}: {out:#?}");
+        assert!(
+            out.stderr.contains("kernel") && out.stderr.lines().count() == 1,
+            "{bind}: {out:#?}"
+        );
+    }
+}
+
+/// The state dir stays hidden when the host shows it under a second name
+/// too (a bind mount of a parent elsewhere), and a bind shows that name.
+#[test]
+fn the_state_dir_is_hidden_behind_a_second_mount_of_it() {
+    require_root!();
+    let parent = scratch_on_root_fs("state-alias");
+    let state = parent.0.join("state");
+    tool_ok(
+        Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["ca", "init"]),
+    );
+    tool_ok(
+        Command::new("find")
+            .arg(&state)
+            .args(["-type", "d", "-exec", "chmod", "a+rx", "{}", "+"]),
+    );
+    let alias = scratch_on_root_fs("state-alias-view");
+    tool_ok(
+        Command::new("mount")
+            .arg("--bind")
+            .arg(&parent.0)
+            .arg(&alias.0),
+    );
+    let _unmount = HostMount(alias.0.clone());
+    let out = exec(
+        Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["exec", "--policy", "off", "--ro-bind"])
+            .arg(format!("{}:/x", alias.0.display()))
+            .args(["--", "sh", "-c"])
+            .arg("echo \"LISTED $(ls -A /x/state 2>/dev/null | wc -l)\"")
+            .env("NO_COLOR", "1"),
+    );
+    assert_eq!(out.expect_value("LISTED"), "0", "{out:#?}");
+}
+
+/// Rootless, a top-level directory of the base with a mount below it (a
+/// home directory mounted on its own) is shown read-only, mounts and all:
+/// the sandbox cannot append to the user's real ~/.bashrc.
+#[test]
+fn rootless_mounts_below_the_base_are_read_only() {
+    require_root!();
+    let user = TestUser::ensure();
+    let top = RemoveOnDrop(PathBuf::from(format!("/tollgate-wall-{}", unique())));
+    std::fs::create_dir(&top.0).unwrap();
+    std::fs::set_permissions(&top.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = HostMount::tmpfs(&top.0, "home");
+    let rc = home.0.join("bashrc");
+    std::fs::write(&rc, "# the user's own\n").unwrap();
+    chown_tree(&home.0, user);
+    let done = tool(
+        user.command(BIN)
+            .args(["exec", "--policy", "off", "--", "sh", "-c"])
+            .arg(format!(
+                "echo evil 2>/dev/null >> {rc}; echo \"ATTEMPT append rc=$?\"",
+                rc = rc.display()
+            ))
+            .env("TOLLGATE_STATE_DIR", NO_STATE),
+    );
+    all_refused(&done, 1);
+    assert_eq!(std::fs::read_to_string(&rc).unwrap(), "# the user's own\n");
+}
+
+/// The host side holds at most a bounded piece of a phase's output line:
+/// a line without end arrives in pieces.
+#[test]
+fn an_endless_output_line_arrives_in_pieces() {
+    require_root!();
+    let world = RunWorld::new("long-line");
+    let env = world.env(&env_yaml("long-line", "true", "", ""));
+    let run = world.run_sh(&env, "head -c 3000000 /dev/zero | tr '\\0' x");
+    run.expect_code(0);
+    let lines = run.phase_text("agent");
+    let longest = lines.iter().map(String::len).max().unwrap_or(0);
+    assert!(
+        lines.len() >= 3 && longest <= 1 << 20,
+        "{} lines, longest {longest}",
+        lines.len()
+    );
+    assert_eq!(lines.iter().map(String::len).sum::<usize>(), 3_000_000);
 }

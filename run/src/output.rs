@@ -126,6 +126,11 @@ impl Copy {
     }
 }
 
+/// The longest piece of a line tollgate holds: a phase that prints a line
+/// without end must not make the host side hold it all (it is outside the
+/// sandbox's memory limit). A longer line arrives in pieces of this size.
+const MAX_LINE: usize = 64 * 1024;
+
 /// Cuts a phase's output into lines for the events.
 struct Lines {
     phase: &'static str,
@@ -136,12 +141,15 @@ struct Lines {
 
 impl Lines {
     fn push(&mut self, mut bytes: &[u8]) {
-        while let Some(end) = memchr::memchr(b'\n', bytes) {
-            self.partial.extend_from_slice(&bytes[..=end]);
-            self.send();
-            bytes = &bytes[end + 1..];
+        while !bytes.is_empty() {
+            let room = &bytes[..bytes.len().min(MAX_LINE - self.partial.len())];
+            let take = memchr::memchr(b'\n', room).map_or(room.len(), |end| end + 1);
+            self.partial.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.partial.ends_with(b"\n") || self.partial.len() == MAX_LINE {
+                self.send();
+            }
         }
-        self.partial.extend_from_slice(bytes);
     }
 
     /// The last line, when the output did not end with a newline.

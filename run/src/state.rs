@@ -34,14 +34,23 @@ impl StateDir {
     }
 
     /// Directories no sandbox may see: the state dir itself (the CA key,
-    /// snapshots, the layers of runs) and a CA kept elsewhere, as they are
-    /// on the host (symlinks resolved: masks apply to real paths).
+    /// snapshots, the layers of runs), the default one when another is in
+    /// use (it may hold a CA too), and a CA kept elsewhere, as they are on
+    /// the host (symlinks resolved: masks apply to real paths).
     pub fn private_dirs(&self, ca_dir: Option<&Path>) -> Vec<PathBuf> {
+        self.private_dirs_with(ca_dir, &default_state_dir())
+    }
+
+    fn private_dirs_with(&self, ca_dir: Option<&Path>, default: &Path) -> Vec<PathBuf> {
         let mut dirs = vec![self.root().to_path_buf(), self.ca_dir()];
+        dirs.push(default.to_path_buf());
         dirs.extend(ca_dir.map(Path::to_path_buf));
-        dirs.into_iter()
+        let mut real: Vec<PathBuf> = dirs
+            .into_iter()
             .filter_map(|dir| std::fs::canonicalize(dir).ok())
-            .collect()
+            .collect();
+        real.dedup();
+        real
     }
 }
 
@@ -70,4 +79,29 @@ fn default_state_dir() -> PathBuf {
             std::env::temp_dir().join(format!("tollgate-{}", nix::unistd::geteuid()))
         });
     base.join("tollgate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_state_dir_is_private_too_when_another_is_used() {
+        let default = std::env::temp_dir().join(format!("tollgate-default-{}", std::process::id()));
+        let used = default.with_extension("used");
+        std::fs::create_dir_all(&default).unwrap();
+        std::fs::create_dir_all(&used).unwrap();
+        let dirs = StateDir::new(Some(used.clone())).private_dirs_with(None, &default);
+        for dir in [&used, &default] {
+            assert!(
+                dirs.contains(&std::fs::canonicalize(dir).unwrap()),
+                "{dirs:?}"
+            );
+        }
+        let missing = default.with_extension("missing");
+        let dirs = StateDir::new(Some(used.clone())).private_dirs_with(None, &missing);
+        assert_eq!(dirs, [std::fs::canonicalize(&used).unwrap()]);
+        std::fs::remove_dir_all(&default).unwrap();
+        std::fs::remove_dir_all(&used).unwrap();
+    }
 }

@@ -10,7 +10,9 @@
 //! unshare/setns, interface, route or raw socket.
 
 use caps::CapSet;
+use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
+use crate::ids::IdMapping;
 use crate::SandboxError;
 
 /// Sets `no_new_privs` and clears every capability set of this process.
@@ -28,4 +30,35 @@ pub fn drop_all() -> Result<(), SandboxError> {
         caps::clear(None, set).map_err(|e| SandboxError::Capabilities(format!("{set:?}: {e}")))?;
     }
     Ok(())
+}
+
+/// What PID 1 and the stage become once the sandbox is built: as root, the
+/// host ids of the sandbox's root, no supplementary group, no capability
+/// in any set, the bounding set included; rootless, no capability; either
+/// way no_new_privs, not dumpable, and SIGKILL when the parent goes (a uid
+/// change clears that setting). Both may still signal (and reap) what runs
+/// in the sandbox: its processes have those host ids. Being that uid is
+/// also what lets the stage's death reach PID 1: the kernel sends the
+/// parent-death signal with the dying parent's credentials.
+pub fn become_sandbox_root_on_host(ids: &IdMapping) -> Result<(), SandboxError> {
+    let dumpable =
+        || nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"));
+    dumpable()?;
+    if let IdMapping::Mapped { .. } = ids {
+        let (uid, gid) = (
+            Uid::from_raw(ids.host_root_uid()),
+            Gid::from_raw(ids.host_root_gid()),
+        );
+        // The bounding set while we still hold CAP_SETPCAP.
+        caps::clear(None, CapSet::Bounding)
+            .map_err(|e| SandboxError::Capabilities(format!("the bounding set: {e}")))?;
+        setgroups(&[]).map_err(SandboxError::setup("drop the host's groups"))?;
+        setresgid(gid, gid, gid).map_err(SandboxError::setup("become the sandbox's gid"))?;
+        // All uids nonzero: every other capability is gone with them.
+        setresuid(uid, uid, uid).map_err(SandboxError::setup("become the sandbox's uid"))?;
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .map_err(SandboxError::setup("set parent-death signal"))?;
+        dumpable()?;
+    }
+    drop_all()
 }

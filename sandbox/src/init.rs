@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use nix::unistd::{setgroups, setresgid, setresuid, Gid, Pid, Uid};
+use nix::unistd::Pid;
 
 use crate::command::{self, Pending};
 use crate::dev::{self, Tmpfs};
@@ -108,12 +108,15 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
         };
         mounter.root(&base, &read_only, &layers)?;
     }
-    // 6. Host paths bound in; tollgate's state, outputs and secret files
-    //    hidden (masked, not merely unreadable).
+    // 6. Host paths bound in, every mount below them too (nosuid, nodev);
+    //    tollgate's state, outputs and secret files hidden (masked, not
+    //    merely unreadable) at their own path and wherever a mount shows
+    //    them (looked for as ourselves: they are private).
+    let userns = mounter.idmap.as_ref().map(|idmap| idmap.userns.as_fd());
+    mounter.as_sandbox_root(|| mounts::mount_binds(&layers.root, &spec.binds, userns))??;
+    let mut hidden = mounts::hidden_paths(&spec.masks, &spec.binds);
+    hidden.extend(mounts::aliases(&layers.root, &spec.masks));
     mounter.as_sandbox_root(|| -> Result<(), SandboxError> {
-        let userns = mounter.idmap.as_ref().map(|idmap| idmap.userns.as_fd());
-        mounts::mount_binds(&layers.root, &spec.binds, userns)?;
-        let hidden = mounts::hidden_paths(&spec.masks, &spec.binds);
         mounts::mask(&layers.root, &hidden, &layers.empty_file)?;
         // 7. /proc for this PID namespace, host-global knobs read-only and
         //    leaky files hidden; a minimal /dev whose nodes are read-only
@@ -146,9 +149,9 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
     // 10. We give up every privilege we had, before the command runs: as
     //     root, the host ids of the sandbox's root (so we may still signal
     //     and reap the command, and nothing else); no capability in any
-    //     set, the bounding set included; no_new_privs and the command's
-    //     seccomp allowlist; not dumpable, so nothing in the sandbox may
-    //     read our memory or environment.
+    //     set, the bounding set included; no_new_privs and a seccomp
+    //     filter that allows only what supervising takes; not dumpable, so
+    //     nothing in the sandbox may read our memory or environment.
     drop_privileges(&ids, &filters)?;
     // 11. The command: it becomes root of its user namespace, takes its
     //     terminal, drops every capability, sets no_new_privs, installs the
@@ -184,25 +187,8 @@ fn start(pending: Pending) -> Result<Pid, Ended> {
 
 /// PID 1 keeps nothing it does not need to reap and signal the command.
 fn drop_privileges(ids: &IdMapping, filters: &Filters) -> Result<(), SandboxError> {
-    nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
-    if let IdMapping::Mapped { .. } = ids {
-        let (uid, gid) = (
-            Uid::from_raw(ids.host_root_uid()),
-            Gid::from_raw(ids.host_root_gid()),
-        );
-        // The bounding set while we still hold CAP_SETPCAP.
-        caps::clear(None, caps::CapSet::Bounding)
-            .map_err(|e| SandboxError::Capabilities(format!("PID 1's bounding set: {e}")))?;
-        setgroups(&[]).map_err(SandboxError::setup("drop PID 1's groups"))?;
-        setresgid(gid, gid, gid).map_err(SandboxError::setup("drop PID 1's gid"))?;
-        // All uids nonzero: every other capability is gone with them.
-        setresuid(uid, uid, uid).map_err(SandboxError::setup("drop PID 1's uid"))?;
-        // A uid change clears the parent-death signal and dumpable.
-        die_with_parent()?;
-        nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"))?;
-    }
-    capabilities::drop_all()?;
-    filters.install().map_err(SandboxError::from)
+    capabilities::become_sandbox_root_on_host(ids)?;
+    filters.install_for_pid1().map_err(SandboxError::from)
 }
 
 /// SIGKILL when the stage goes, and the PID namespace with us.

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 /// One line of `/proc/self/mountinfo`, the fields we use.
 #[derive(Debug)]
 pub(crate) struct Mount {
+    /// The file system's device, `major:minor`.
+    pub(crate) device: String,
     /// The directory of the filesystem mounted here (for cgroupfs: the
     /// cgroup the mount shows as its root).
     pub(crate) root: PathBuf,
@@ -29,6 +31,7 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let head: Vec<&str> = head.split(' ').collect();
             let mut tail = tail.split(' ');
             Some(Mount {
+                device: (*head.get(2)?).to_owned(),
                 root: PathBuf::from(unescape_mountinfo(head.get(3)?)),
                 mountpoint: PathBuf::from(unescape_mountinfo(head.get(4)?)),
                 fstype: tail.next()?.to_owned(),
@@ -62,14 +65,47 @@ pub(crate) fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The mounts of this process's mount namespace.
+pub(crate) fn mounts() -> Vec<Mount> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| parse_mountinfo(&text))
+        .unwrap_or_default()
+}
+
 /// The mount points of this process's mount namespace.
 pub(crate) fn mount_points() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|text| {
-            parse_mountinfo(&text)
-                .into_iter()
-                .map(|m| m.mountpoint)
-                .collect()
-        })
-        .unwrap_or_default()
+    mounts().into_iter().map(|m| m.mountpoint).collect()
+}
+
+/// File systems that are the host kernel's interfaces rather than files:
+/// seen through a bind, they show the host's processes, devices, cgroups
+/// or namespaces past every mask of the sandbox's own /proc and /dev.
+const KERNEL_FILESYSTEMS: [&str; 18] = [
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "bpf",
+    "configfs",
+    "efivarfs",
+    "pstore",
+    "binfmt_misc",
+    "mqueue",
+    "fusectl",
+    "nsfs",
+    "selinuxfs",
+];
+
+/// The first mount at or below `dir` (a real path) of one of the host
+/// kernel's interfaces: its mount point and file system type.
+pub(crate) fn kernel_interface_within(dir: &std::path::Path) -> Option<(PathBuf, String)> {
+    mounts()
+        .into_iter()
+        .find(|m| m.mountpoint.starts_with(dir) && KERNEL_FILESYSTEMS.contains(&m.fstype.as_str()))
+        .map(|m| (m.mountpoint, m.fstype))
 }

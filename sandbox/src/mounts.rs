@@ -6,6 +6,7 @@ use std::fs;
 use std::os::fd::BorrowedFd;
 use std::path::{Component, Path, PathBuf};
 
+use nix::libc;
 use nix::mount::{mount, MsFlags};
 
 use crate::spec::Bind;
@@ -80,30 +81,29 @@ pub fn mount_binds(
         };
         let target = safe_target(root, &bind.sandbox, kind)?;
         let step = format!("bind {} to {}", bind.host.display(), bind.sandbox.display());
-        let idmapped = match userns.filter(|_| bind.tollgates_own) {
+        let tree = match userns.filter(|_| bind.tollgates_own) {
             // A file system that cannot be idmapped is bound as it is.
             Some(userns) => sys::idmapped_clone(&bind.host, userns)
-                .and_then(|tree| sys::attach(&tree, &target))
-                .is_ok(),
-            None => false,
-        };
-        if !idmapped {
-            mount(
-                Some(&bind.host),
-                &target,
-                none(),
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                none(),
-            )
-            .map_err(SandboxError::setup(step.clone()))?;
+                .or_else(|_| sys::clone_tree(&bind.host, true)),
+            None => sys::clone_tree(&bind.host, true),
         }
-        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        if bind.read_only {
-            flags |= MsFlags::MS_RDONLY;
-        }
-        remount(&target, flags).map_err(SandboxError::setup(format!("{step} nosuid, nodev")))?;
+        .map_err(SandboxError::setup(step.clone()))?;
+        lock_down(&tree, bind.read_only).map_err(SandboxError::setup(step.clone()))?;
+        sys::attach(&tree, &target).map_err(SandboxError::setup(step))?;
     }
     Ok(())
+}
+
+/// Makes every mount of a detached tree nosuid and nodev, and read-only
+/// when asked: what is mounted below a bound directory (a tmpfs, a home
+/// directory of its own) is bound with it, and a flag set on the top only
+/// would leave those writable and their device nodes usable.
+pub(crate) fn lock_down(tree: &std::os::fd::OwnedFd, read_only: bool) -> nix::Result<()> {
+    let mut attr = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    if read_only {
+        attr |= libc::MOUNT_ATTR_RDONLY;
+    }
+    sys::restrict_tree(tree, attr)
 }
 
 /// Hides what exists at each of `paths`: a directory under an empty,
@@ -162,6 +162,50 @@ pub fn hidden_paths(hidden: &[PathBuf], binds: &[Bind]) -> Vec<PathBuf> {
         }
     }
     paths
+}
+
+/// Other places under `root` where the mounts of the sandbox show one of
+/// `hidden` (real host paths): a second mount of the same file system
+/// whose root holds it (the host's own alias mount of a home directory,
+/// bound in or carried below a bound directory). Found by device and path
+/// within the file system, confirmed by device and inode; as paths inside.
+pub fn aliases(root: &Path, hidden: &[PathBuf]) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mounts = crate::mountinfo::mounts();
+    let mut found = Vec::new();
+    for path in hidden {
+        let Ok(meta) = fs::metadata(path) else {
+            continue;
+        };
+        // The host's mount that holds it: the longest mount point above it
+        // outside the sandbox's root.
+        let Some(holder) = mounts
+            .iter()
+            .filter(|m| !m.mountpoint.starts_with(root) && path.starts_with(&m.mountpoint))
+            .max_by_key(|m| m.mountpoint.as_os_str().len())
+        else {
+            continue;
+        };
+        let Ok(below) = path.strip_prefix(&holder.mountpoint) else {
+            continue;
+        };
+        let within = holder.root.join(below);
+        for mount in mounts
+            .iter()
+            .filter(|m| m.device == holder.device && m.mountpoint.starts_with(root))
+        {
+            let Ok(rest) = within.strip_prefix(&mount.root) else {
+                continue;
+            };
+            let shown = mount.mountpoint.join(rest);
+            let same =
+                fs::metadata(&shown).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+            if let (true, Ok(inside)) = (same, shown.strip_prefix(root)) {
+                found.push(Path::new("/").join(inside));
+            }
+        }
+    }
+    found
 }
 
 /// Binds `path` onto itself and remounts the bind read-only (and nosuid,

@@ -372,10 +372,12 @@ impl Mounter {
                     "stage {}",
                     file.sandbox.display()
                 )))?;
-            staged.push(sys::clone_tree(&copy).map_err(SandboxError::setup(format!(
-                "stage {}",
-                file.sandbox.display()
-            )))?);
+            staged.push(
+                sys::clone_tree(&copy, false).map_err(SandboxError::setup(format!(
+                    "stage {}",
+                    file.sandbox.display()
+                )))?,
+            );
         }
         Ok(staged)
     }

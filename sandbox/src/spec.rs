@@ -45,6 +45,12 @@ impl Bind {
         let host = host
             .canonicalize()
             .map_err(|_| bad("the host path does not exist"))?;
+        if let Some((point, fstype)) = crate::mountinfo::kernel_interface_within(&host) {
+            return Err(bad(&format!(
+                "{} is the host kernel's {fstype} file system, which no sandbox may see: bind a directory that holds none",
+                point.display()
+            )));
+        }
         Ok(Bind {
             host,
             sandbox,

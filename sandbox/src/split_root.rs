@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::mounts::{bind_read_only, none};
+use crate::mounts::{bind_read_only, lock_down};
 use crate::rootfs::{size_option, Layers, Mounter};
-use crate::{mountinfo, SandboxError};
+use crate::{mountinfo, sys, SandboxError};
 
 /// Whether the base has other file systems mounted below it, which a
 /// rootless overlay of it cannot carry.
@@ -72,17 +72,13 @@ pub fn mount_root(
             // Another file system mounted here: not part of the base.
             fs::create_dir(&target).map_err(SandboxError::io(step()))?;
         } else if points.iter().any(|p| p.starts_with(&source)) {
+            // Bound as it is, read-only, nosuid and nodev down to the last
+            // mount below it (a home directory mounted on its own must not
+            // be the host's, writable).
             fs::create_dir(&target).map_err(SandboxError::io(step()))?;
-            mount(
-                Some(&source),
-                &target,
-                none(),
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                none(),
-            )
-            .map_err(SandboxError::setup(step()))?;
-            crate::mounts::remount_read_only(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
-                .map_err(SandboxError::setup(step()))?;
+            let tree = sys::clone_tree(&source, true).map_err(SandboxError::setup(step()))?;
+            lock_down(&tree, true).map_err(SandboxError::setup(step()))?;
+            sys::attach(&tree, &target).map_err(SandboxError::setup(step()))?;
         } else {
             // On the base's file system (or only in the layers): an overlay.
             directory_overlay(mounter, base, read_only, layers, &name)?;

@@ -25,7 +25,7 @@ use nix::unistd::ForkResult;
 use crate::control::{Control, Message};
 use crate::ids::IdMapping;
 use crate::spec::Handoff;
-use crate::{cgroup, init, netlink, sys, SandboxError};
+use crate::{capabilities, cgroup, init, netlink, sys, SandboxError};
 
 /// The hidden subcommand the host side runs for the stage.
 pub const STAGE_ARG: &str = "__sandbox";
@@ -94,6 +94,9 @@ fn run(handoff: &std::path::Path, control: &Control) -> Result<i32, SandboxError
     match sys::fork_single_threaded().map_err(SandboxError::setup("start PID 1"))? {
         ForkResult::Child => std::process::exit(init::run(handoff)),
         ForkResult::Parent { child } => {
+            // All that is left to us is waiting, in the sandbox's
+            // namespaces: with no privilege.
+            capabilities::become_sandbox_root_on_host(&handoff.ids)?;
             control.send(&Message::Started(child.as_raw().unsigned_abs()))?;
             wait_for(child)
         }

@@ -14,11 +14,15 @@ use nix::libc;
 use nix::unistd::{ForkResult, Pid};
 
 /// A detached copy of the mount at `path` (open_tree with
-/// OPEN_TREE_CLONE), to be attached elsewhere with [`attach`], even after
-/// a pivot has made `path` unreachable.
-pub fn clone_tree(path: &Path) -> Result<OwnedFd, Errno> {
+/// OPEN_TREE_CLONE), with the mounts below it when `recursive`, to be
+/// attached elsewhere with [`attach`], even after a pivot has made `path`
+/// unreachable.
+pub fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd, Errno> {
     let path = c_path(path)?;
-    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
     // SAFETY: open_tree(2) reads the NUL-terminated path, which outlives
     // the call; it returns a new descriptor we take ownership of.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
@@ -27,18 +31,39 @@ pub fn clone_tree(path: &Path) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| Errno::EBADF)?) })
 }
 
+/// Sets `attr` (MOUNT_ATTR_* flags) on every mount of a detached tree
+/// (mount_setattr with AT_RECURSIVE): a flag set so holds on the mounts
+/// below the tree's top, which a remount of the top would not touch.
+pub fn restrict_tree(tree: &OwnedFd, attr: u64) -> Result<(), Errno> {
+    set_attr(
+        tree,
+        libc::mount_attr {
+            attr_set: attr,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        },
+        libc::AT_RECURSIVE,
+    )
+}
+
 /// A detached copy of the mount at `path` (not its submounts) whose files
 /// appear with their owners mapped through the user namespace `userns`:
 /// the kernel's idmapped mounts (Linux 5.12+, overlayfs over them 5.19+).
 /// Attach it with [`attach`].
 pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
-    let tree = clone_tree(path)?;
+    let tree = clone_tree(path, false)?;
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP,
         attr_clr: 0,
         propagation: 0,
         userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?,
     };
+    set_attr(&tree, attr, 0)?;
+    Ok(tree)
+}
+
+fn set_attr(tree: &OwnedFd, attr: libc::mount_attr, flags: libc::c_int) -> Result<(), Errno> {
     // SAFETY: mount_setattr(2) reads `attr`, which lives on our stack for
     // the call, of the size we pass; the empty path with AT_EMPTY_PATH
     // means the tree's descriptor itself.
@@ -47,13 +72,12 @@ pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> Result<OwnedFd, Er
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
+            libc::AT_EMPTY_PATH | flags,
             &attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
-    Errno::result(done)?;
-    Ok(tree)
+    Errno::result(done).map(drop)
 }
 
 /// Attaches a detached mount (from [`idmapped_clone`]) at `target`.

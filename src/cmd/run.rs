@@ -109,9 +109,11 @@ fn print_summary(result: &RunResult) {
 /// A phase's output line as the operator's terminal may show it: what the
 /// sandbox prints is untrusted, and a control character in it would be
 /// obeyed by the terminal (OSC 52 writes the clipboard, a carriage return
-/// or an erase-line overwrites tollgate's own lines). Every control
-/// character but tab is shown escaped (`\x1b`, `\r`, `\u{9b}`); the log
-/// files keep the bytes as they were.
+/// or an erase-line overwrites tollgate's own lines, a right-to-left
+/// override shows text other than what is there). Every control character
+/// but tab, and every bidirectional formatting character, is shown escaped
+/// (`\x1b`, `\r`, `\u{9b}`, `\u{202e}`); the log files keep the bytes as
+/// they were.
 fn visible(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let mut shown = String::with_capacity(line.len());
@@ -122,11 +124,23 @@ fn visible(line: &[u8]) -> String {
             c if (c as u32) < 0x20 || c == '\u{7f}' => {
                 shown.push_str(&format!("\\x{:02x}", c as u32));
             }
-            c if c.is_control() => shown.push_str(&c.escape_unicode().to_string()),
+            c if c.is_control() || is_bidi_format(c) => {
+                shown.push_str(&c.escape_unicode().to_string());
+            }
             c => shown.push(c),
         }
     }
     shown
+}
+
+/// Unicode's bidirectional formatting characters (UAX #9: the marks,
+/// embeddings, overrides and isolates) and the line and paragraph
+/// separators, which move or hide the text around them.
+fn is_bidi_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 #[cfg(test)]
@@ -143,5 +157,9 @@ mod tests {
         // C1 controls (CSI as U+009B) and DEL too; other UTF-8 passes.
         assert_eq!(visible("\u{9b}31m\u{7f}é✓".as_bytes()), "\\u{9b}31m\\x7fé✓");
         assert_eq!(visible(b"bad \xff byte"), "bad \u{fffd} byte");
+        assert_eq!(
+            visible("safe\u{202e}txt.exe\u{2066}".as_bytes()),
+            "safe\\u{202e}txt.exe\\u{2066}"
+        );
     }
 }

@@ -29,6 +29,12 @@
 //!    flags of `clone`, TIOCSTI/TIOCLINUX, other personalities, AF_VSOCK)
 //!    and, on x86_64, x32 system call numbers.
 //!
+//! PID 1, once it has built the sandbox and before the command starts,
+//! installs a filter of its own instead ([`PID1`](table::PID1)): it lives in
+//! the host's user namespace, needs a few dozen calls to supervise the
+//! command, and is refused (EPERM) every other one; one small filter is
+//! also a fraction of the three's cost to install.
+//!
 //! Every filter starts with seccompiler's architecture check: a call made
 //! with another audit architecture (i386 through `int 0x80` on x86_64,
 //! AArch32 on aarch64) kills the process.
@@ -51,7 +57,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use self::table::{ALLOWED, REFUSED, REFUSED_ARCH};
+use self::table::{ALLOWED, PID1, REFUSED, REFUSED_ARCH};
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("the sandbox's seccomp table covers x86_64 and aarch64 only");
@@ -172,6 +178,9 @@ const AF_VSOCK: libc::c_int = 40;
 /// do the same on a virtual console.
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
+/// The terminal ioctl isatty(3) makes (asm-generic/ioctls.h), all PID 1
+/// may make.
+const TCGETS: u64 = 0x5401;
 
 /// x86_64's audit architecture (linux/audit.h: EM_X86_64 | 64BIT | LE).
 #[cfg(target_arch = "x86_64")]
@@ -193,25 +202,48 @@ pub fn programs() -> Result<Vec<(&'static str, BpfProgram)>, SeccompError> {
     Ok(vec![allowlist, unsupported, refusals])
 }
 
+/// PID 1's own filter (see the module's documentation).
+pub fn pid1_program() -> Result<(&'static str, BpfProgram), SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &(_, number) in PID1 {
+        rules.insert(number, Vec::new());
+    }
+    rules.insert(libc::SYS_ioctl, vec![when(1, Op::Eq, TCGETS)?]);
+    let eperm = SeccompAction::Errno(errno(libc::EPERM)?);
+    let filter = SeccompFilter::new(rules, eperm, SeccompAction::Allow, ARCH)?;
+    compile("pid1", filter, Vec::new())
+}
+
 /// The filters, compiled once per sandbox (by PID 1, before it forks the
-/// command) and installed twice: compiling is most of the cost.
-pub struct Filters(Vec<(&'static str, BpfProgram)>);
+/// command): the command's three, and PID 1's own.
+pub struct Filters {
+    command: Vec<(&'static str, BpfProgram)>,
+    pid1: (&'static str, BpfProgram),
+}
 
 impl Filters {
     pub fn compile() -> Result<Filters, SeccompError> {
-        programs().map(Filters)
+        Ok(Filters {
+            command: programs()?,
+            pid1: pid1_program()?,
+        })
     }
 
-    /// Installs the filters on the calling thread, for everything it runs
-    /// from now on. Sets `no_new_privs` (seccompiler does, before each
-    /// filter).
+    /// Installs the command's filters on the calling thread, for
+    /// everything it runs from now on. Sets `no_new_privs` (seccompiler
+    /// does, before each filter).
     pub fn install(&self) -> Result<(), SeccompError> {
-        for (filter, program) in &self.0 {
-            seccompiler::apply_filter(program)
-                .map_err(|source| SeccompError::Install { filter, source })?;
-        }
-        Ok(())
+        self.command.iter().try_for_each(apply)
     }
+
+    /// Installs PID 1's filter on the calling thread.
+    pub fn install_for_pid1(&self) -> Result<(), SeccompError> {
+        apply(&self.pid1)
+    }
+}
+
+fn apply((filter, program): &(&'static str, BpfProgram)) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { filter, source })
 }
 
 fn allowlist_filter() -> Result<SeccompFilter, SeccompError> {

@@ -27,6 +27,33 @@ pub const FILE_IO: &[Syscall] = &[
     ("copy_file_range", libc::SYS_copy_file_range), ("pipe2", libc::SYS_pipe2),
 ];
 
+/// All PID 1 still calls once the sandbox is built, read from strace of
+/// PID 1 over normal exits, exits by signal, commands not found, forwarded
+/// SIGTERM and SIGINT, background processes and a terminal: report why the
+/// command did not start, reap, forward signals (signal-hook's self-pipe),
+/// kill what is left, exit; and what Rust's runtime and allocator call on
+/// the way. (`ioctl` is allowed for TCGETS only: isatty.)
+#[rustfmt::skip]
+pub const PID1: &[Syscall] = &[
+    ("read", libc::SYS_read), ("write", libc::SYS_write), ("close", libc::SYS_close),
+    ("lseek", libc::SYS_lseek), ("fstat", libc::SYS_fstat),
+    ("newfstatat", libc::SYS_newfstatat), ("statx", libc::SYS_statx),
+    ("fcntl", libc::SYS_fcntl), ("ppoll", libc::SYS_ppoll),
+    ("recvfrom", libc::SYS_recvfrom), ("sendto", libc::SYS_sendto),
+    ("wait4", libc::SYS_wait4), ("waitid", libc::SYS_waitid), ("kill", libc::SYS_kill),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn), ("rt_sigaction", libc::SYS_rt_sigaction),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask), ("sigaltstack", libc::SYS_sigaltstack),
+    ("restart_syscall", libc::SYS_restart_syscall),
+    ("mmap", libc::SYS_mmap), ("munmap", libc::SYS_munmap), ("mremap", libc::SYS_mremap),
+    ("madvise", libc::SYS_madvise), ("brk", libc::SYS_brk), ("futex", libc::SYS_futex),
+    ("getpid", libc::SYS_getpid), ("gettid", libc::SYS_gettid),
+    ("clock_gettime", libc::SYS_clock_gettime), ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("sched_yield", libc::SYS_sched_yield), ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+    #[cfg(target_arch = "x86_64")]
+    ("poll", libc::SYS_poll),
+];
+
 /// Opening, inspecting and changing paths (the kernel's permission checks
 /// apply: without CAP_CHOWN/CAP_FOWNER/CAP_MKNOD these stay within what a
 /// file's owner may do).

@@ -206,3 +206,37 @@ fn x32_numbers_are_refused() -> TestResult {
     assert_eq!(native(x32 + 512, none)?, ret_errno(libc::EPERM)); // x32 rt_sigaction
     Ok(())
 }
+
+#[test]
+fn pid_1_may_supervise_and_nothing_more() -> TestResult {
+    let (_, program) = pid1_program()?;
+    let eperm = ret_errno(libc::EPERM);
+    let at = |nr: i64, args: [u64; 6]| run(&program, u32::try_from(nr).unwrap_or(0), NATIVE, args);
+    for (name, nr) in [
+        ("wait4", libc::SYS_wait4),
+        ("kill", libc::SYS_kill),
+        ("read", libc::SYS_read),
+        ("exit_group", libc::SYS_exit_group),
+    ] {
+        assert_eq!(at(nr, [0; 6])?, RET_ALLOW, "{name}");
+    }
+    assert_eq!(at(libc::SYS_ioctl, [0, TCGETS, 0, 0, 0, 0])?, RET_ALLOW);
+    assert_eq!(at(libc::SYS_ioctl, [0, TIOCSTI, 0, 0, 0, 0])?, eperm);
+    for (name, nr) in [
+        ("unshare", libc::SYS_unshare),
+        ("setns", libc::SYS_setns),
+        ("clone", libc::SYS_clone),
+        ("execve", libc::SYS_execve),
+        ("openat", libc::SYS_openat),
+        ("socket", libc::SYS_socket),
+        ("ptrace", libc::SYS_ptrace),
+        ("mount", libc::SYS_mount),
+    ] {
+        assert_eq!(at(nr, [0; 6])?, eperm, "{name}");
+    }
+    assert_eq!(
+        run(&program, u32::try_from(libc::SYS_wait4)?, COMPAT, [0; 6])?,
+        RET_KILL_PROCESS
+    );
+    Ok(())
+}
