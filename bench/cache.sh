@@ -413,9 +413,11 @@ perf_segments() {
         ev = $3
         if (ev == "sched:sched_process_fork:") {
             parent[val("child_pid")] = val("pid")
+            # The stage (an exec of /proc/self/exe) forks PID 1, which forks the command.
+            if (val("pid") in stage) init[val("child_pid")] = 1
         } else if (ev == "sched:sched_process_exec:") {
             pid = val("pid"); fn = val("filename")
-            if (fn == "/proc/self/exe") { init[pid] = 1; if (first_init == "") first_init = ts }
+            if (fn == "/proc/self/exe") { stage[pid] = 1; if (first_init == "") first_init = ts }
             else if ((parent[pid] in init) && !(pid in cstart)) { nc++; cpid[nc] = pid; cstart[pid] = ts }
             else if (fn ~ /\/git$/) {
                 if (first_init == "") { if (hg0 == "") hg0 = ts; hostgit[pid] = 1 }
