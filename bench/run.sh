@@ -172,12 +172,10 @@ install_peers() {
     # command -> Debian package(s), first one that exists wins
     local -A want=([nginx]="nginx-light nginx" [squid]=squid [tinyproxy]=tinyproxy
                    [wrk]=wrk [openssl]=openssl [curl]=curl [bwrap]=bubblewrap
-                   [hyperfine]=hyperfine [fallocate]=util-linux [unshare]=util-linux
-                   [ip]=iproute2)
+                   [hyperfine]=hyperfine [fallocate]=util-linux [unshare]=util-linux)
     local cmd pkg cand need=() missing=() fresh=()
     want_proxy && need+=(nginx squid tinyproxy wrk openssl curl fallocate)
-    # ip: tollgate exec brings up lo in the sandbox with `ip link set lo up`
-    want_sandbox && need+=(bwrap hyperfine unshare ip)
+    want_sandbox && need+=(bwrap hyperfine unshare)
     for cmd in "${need[@]}"; do
         # squid/nginx/tinyproxy live in /usr/sbin, which a non-root PATH may lack
         have "$cmd" || [[ -x /usr/sbin/$cmd ]] || missing+=("$cmd")
