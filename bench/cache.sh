@@ -99,7 +99,7 @@ median() { # median < numbers, one a line -> median with 2 decimals, or ""
 
 # ------------------------------------------------------------------- tools --
 install_tools() {
-    local -A want=([hyperfine]=hyperfine [bwrap]=bubblewrap [strace]=strace [git]=git [ip]=iproute2
+    local -A want=([hyperfine]=hyperfine [bwrap]=bubblewrap [strace]=strace [git]=git
                    [split]=coreutils)
     local cmd missing=() pkgs=()
     export PATH="$PATH:/usr/sbin:/sbin"
