@@ -1,5 +1,7 @@
 //! `/proc/self/mountinfo`, read: which file systems are mounted where.
 
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 
 /// One line of `/proc/self/mountinfo`, the fields we use.
@@ -104,8 +106,47 @@ const KERNEL_FILESYSTEMS: [&str; 18] = [
 /// The first mount at or below `dir` (a real path) of one of the host
 /// kernel's interfaces: its mount point and file system type.
 pub(crate) fn kernel_interface_within(dir: &std::path::Path) -> Option<(PathBuf, String)> {
-    mounts()
+    kernel_interface_among(mounts(), dir)
+}
+
+fn kernel_interface_among(mounts: Vec<Mount>, dir: &std::path::Path) -> Option<(PathBuf, String)> {
+    mounts
         .into_iter()
         .find(|m| m.mountpoint.starts_with(dir) && KERNEL_FILESYSTEMS.contains(&m.fstype.as_str()))
         .map(|m| (m.mountpoint, m.fstype))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_interfaces_at_or_below_a_directory_are_found() {
+        let mountinfo = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+23 22 0:21 / /proc rw,nosuid - proc proc rw
+24 22 0:5 / /dev rw,nosuid - devtmpfs udev rw
+25 22 0:30 / /srv/data rw - tmpfs tmpfs rw
+26 22 0:4 net:[4026532] /run/netns/x rw - nsfs nsfs rw
+27 22 0:31 / /srv/my\\040proc rw - proc proc rw
+";
+        let at = |dir: &str| kernel_interface_among(parse_mountinfo(mountinfo), Path::new(dir));
+        assert_eq!(at("/"), Some((PathBuf::from("/proc"), "proc".to_owned())));
+        assert_eq!(
+            at("/dev"),
+            Some((PathBuf::from("/dev"), "devtmpfs".to_owned()))
+        );
+        assert_eq!(
+            at("/run"),
+            Some((PathBuf::from("/run/netns/x"), "nsfs".to_owned()))
+        );
+        assert_eq!(
+            at("/srv"),
+            Some((PathBuf::from("/srv/my proc"), "proc".to_owned()))
+        );
+        assert_eq!(at("/srv/data"), None);
+        assert_eq!(at("/usr"), None);
+        // A path component, not a string prefix: /proc2 holds no /proc.
+        assert_eq!(at("/pro"), None);
+    }
 }

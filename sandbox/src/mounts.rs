@@ -89,7 +89,19 @@ pub fn mount_binds(
         }
         .map_err(SandboxError::setup(step.clone()))?;
         lock_down(&tree, bind.read_only).map_err(SandboxError::setup(step.clone()))?;
-        sys::attach(&tree, &target).map_err(SandboxError::setup(step))?;
+        sys::attach(&tree, &target).map_err(SandboxError::setup(step.clone()))?;
+        // Checked when the bind was asked for, and again on what was bound:
+        // a path that another user could swap in between (a symlink to
+        // /proc) must not bring the host's kernel interfaces in.
+        if let Some((point, fstype)) = crate::mountinfo::kernel_interface_within(&target) {
+            return Err(SandboxError::BadBind(
+                step,
+                format!(
+                    "{} is the host kernel's {fstype} file system, which no sandbox may see",
+                    point.display()
+                ),
+            ));
+        }
     }
     Ok(())
 }

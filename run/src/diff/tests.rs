@@ -2,7 +2,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::symlink as ln;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{geteuid, mkfifo};
 
@@ -30,15 +29,7 @@ fn in_private_namespace<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                unshare(CloneFlags::CLONE_NEWNS).unwrap();
-                mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )
-                .unwrap();
+                views::enter_private_mount_namespace().unwrap();
                 f()
             })
             .join()

@@ -35,11 +35,9 @@ pub(super) struct Job {
     pub(super) rootless: bool,
 }
 
-/// Mounts the views in a private mount namespace (unshare applies to the
-/// calling thread only: the diff thread's, or the helper process's),
-/// streams the before and after versions of every candidate to
-/// fast-import, and returns the paths left out.
-pub(super) fn materialize(job: &Job, stream: Stream) -> Result<BTreeSet<PathBuf>, DiffError> {
+/// Moves the calling thread into a mount namespace of its own whose mounts
+/// never propagate to the host's (nor the host's to it).
+pub(super) fn enter_private_mount_namespace() -> Result<(), DiffError> {
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(mount_error("create a private mount namespace for the diff"))?;
     mount(
@@ -49,7 +47,15 @@ pub(super) fn materialize(job: &Job, stream: Stream) -> Result<BTreeSet<PathBuf>
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(mount_error("make mount propagation private"))?;
+    .map_err(mount_error("make mount propagation private"))
+}
+
+/// Mounts the views in a private mount namespace (unshare applies to the
+/// calling thread only: the diff thread's, or the helper process's),
+/// streams the before and after versions of every candidate to
+/// fast-import, and returns the paths left out.
+pub(super) fn materialize(job: &Job, stream: Stream) -> Result<BTreeSet<PathBuf>, DiffError> {
+    enter_private_mount_namespace()?;
     let mut mounts = Mounts {
         targets: Vec::new(),
         userxattr: job.rootless,
