@@ -291,7 +291,7 @@ pub const ALLOWED: &[&[Syscall]] = &[
     NETWORK, MOUNT_INFO, PTRACE, X86_64_LEGACY, ARCH_SPECIFIC,
 ];
 
-/// Allowed only with some argument values; see `conditional_allow`.
+/// Allowed only with some argument values; see `command_program`.
 #[rustfmt::skip]
 #[cfg_attr(not(test), allow(dead_code))] // documentation; checked by the tests
 pub const CONDITIONAL: &[Syscall] = &[

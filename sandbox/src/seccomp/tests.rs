@@ -1,5 +1,6 @@
 use super::table::{CONDITIONAL, FALL_BACK};
 use super::*;
+use seccompiler::sock_filter;
 use std::collections::BTreeSet;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -45,30 +46,18 @@ fn run(program: &[sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> Result<u3
         pc += 1;
         match insn.code {
             0x20 => a = word(k)?,
-            0x54 => a &= k,
             0x05 => pc += usize::try_from(k).map_err(|e| e.to_string())?,
             0x15 => pc += if a == k { jt } else { jf },
-            0x25 => pc += if a > k { jt } else { jf },
             0x35 => pc += if a >= k { jt } else { jf },
+            0x45 => pc += if a & k != 0 { jt } else { jf },
             0x06 => return Ok(k),
             code => return Err(format!("instruction {code:#x}")),
         }
     }
 }
 
-/// The kernel's combination: newest filter first, strictly higher
-/// precedence (lower signed action) replaces.
 fn verdict(nr: i64, arch: u32, args: [u64; 6]) -> Result<u32, Box<dyn std::error::Error>> {
-    let nr = u32::try_from(nr)?;
-    let mut result = RET_ALLOW;
-    for (_, program) in programs()?.iter().rev() {
-        let current = run(program, nr, arch, args)?;
-        let action = |r: u32| (r & 0xffff_0000) as i32;
-        if action(current) < action(result) {
-            result = current;
-        }
-    }
-    Ok(result)
+    Ok(run(&command_program()?, u32::try_from(nr)?, arch, args)?)
 }
 
 fn native(nr: i64, args: [u64; 6]) -> Result<u32, Box<dyn std::error::Error>> {
@@ -96,16 +85,126 @@ fn lists_are_disjoint_and_without_duplicates() -> TestResult {
     Ok(())
 }
 
+/// The point of the binary search: a program of a few hundred
+/// instructions (seccompiler's three linear filters were 1,575), which the
+/// kernel checks and JITs at every sandbox's start.
 #[test]
-fn programs_fit() -> TestResult {
-    for (name, program) in programs()? {
-        assert!(
-            program.len() <= MAX_INSTRUCTIONS,
-            "{name}: {}",
-            program.len()
+fn programs_are_small() -> TestResult {
+    let command = command_program()?.len();
+    assert!(
+        command <= 300,
+        "the command's filter has {command} instructions"
+    );
+    let pid1 = pid1_program()?.len();
+    assert!(pid1 <= 120, "PID 1's filter has {pid1} instructions");
+    Ok(())
+}
+
+/// Every number up to well past the highest call answers as the lists
+/// say, whatever its neighbours are.
+#[test]
+fn every_number_answers_as_listed() -> TestResult {
+    let program = command_program()?;
+    let conditional: BTreeSet<i64> = CONDITIONAL.iter().map(|&(_, nr)| nr).collect();
+    let allowed: BTreeSet<i64> = ALLOWED
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|&(_, nr)| nr)
+        .collect();
+    let refused: BTreeSet<i64> = REFUSED
+        .iter()
+        .chain(REFUSED_ARCH)
+        .map(|&(_, nr, _)| nr)
+        .collect();
+    for nr in 0..2048i64 {
+        if conditional.contains(&nr) {
+            continue;
+        }
+        let expected = if allowed.contains(&nr) {
+            RET_ALLOW
+        } else if refused.contains(&nr) {
+            ret_errno(libc::EPERM)
+        } else {
+            ret_errno(libc::ENOSYS)
+        };
+        let got = run(&program, u32::try_from(nr)?, NATIVE, [0; 6])?;
+        assert_eq!(got, expected, "call number {nr}");
+    }
+    for nr in [X32_SYSCALL_BIT - 1, u32::MAX] {
+        let expected = if nr < X32_SYSCALL_BIT {
+            ret_errno(libc::ENOSYS)
+        } else {
+            ret_errno(libc::EPERM)
+        };
+        assert_eq!(
+            run(&program, nr, NATIVE, [0; 6])?,
+            expected,
+            "call number {nr:#x}"
         );
     }
     Ok(())
+}
+
+/// A tree whose lower halves are too long for a conditional jump's 8-bit
+/// offset steps over them with an unconditional jump, and still finds
+/// every rule.
+#[test]
+fn long_trees_jump_over_long_halves() -> TestResult {
+    let eperm = Verdict::Errno(1);
+    let mut rules = BTreeMap::new();
+    for nr in 0..400u32 {
+        // Every number its own range, each leaf a few instructions.
+        let verdict = if nr % 2 == 0 { Verdict::Allow } else { eperm };
+        let test = case(&[(0, Test::Equals(nr)), (1, Test::AnyBit(1))], verdict);
+        rules.insert(nr, rule(vec![test], Verdict::Errno(2)));
+    }
+    let program = compile(Filter {
+        arch: NATIVE,
+        rules,
+        unlisted: Verdict::Errno(3),
+        above: (5000, eperm),
+    })?;
+    assert!(program.len() > 3 * 256, "{} instructions", program.len());
+    assert!(program.iter().any(|insn| insn.code == 0x05), "no long jump");
+    for nr in 0..400u32 {
+        let want = if nr % 2 == 0 { RET_ALLOW } else { ret_errno(1) };
+        assert_eq!(
+            run(&program, nr, NATIVE, [u64::from(nr), 1, 0, 0, 0, 0])?,
+            want,
+            "{nr}"
+        );
+        assert_eq!(
+            run(&program, nr, NATIVE, [u64::from(nr), 2, 0, 0, 0, 0])?,
+            ret_errno(2),
+            "{nr}"
+        );
+    }
+    assert_eq!(run(&program, 400, NATIVE, [0; 6])?, ret_errno(3));
+    assert_eq!(run(&program, 5000, NATIVE, [0; 6])?, ret_errno(1));
+    assert_eq!(
+        run(&program, 7, COMPAT, [7, 1, 0, 0, 0, 0])?,
+        RET_KILL_PROCESS
+    );
+    Ok(())
+}
+
+#[test]
+fn a_seventh_argument_is_refused() {
+    let mut rules = BTreeMap::new();
+    rules.insert(
+        0,
+        rule(
+            vec![case(&[(6, Test::Equals(0))], Verdict::Allow)],
+            Verdict::Allow,
+        ),
+    );
+    let filter = Filter {
+        arch: NATIVE,
+        rules,
+        unlisted: Verdict::Allow,
+        above: (10, Verdict::Allow),
+    };
+    assert!(matches!(filter.compile(), Err(SeccompError::Argument(6))));
 }
 
 #[test]
@@ -162,12 +261,21 @@ fn verdicts() -> TestResult {
         native(libc::SYS_socketpair, [family(libc::AF_INET), 1, 0, 0, 0, 0])?,
         eafnosupport
     );
-    assert_eq!(native(libc::SYS_ioctl, [0, TIOCSTI, 0, 0, 0, 0])?, eperm);
     assert_eq!(
-        native(libc::SYS_ioctl, [0, TIOCSTI | 1 << 32, 0, 0, 0, 0])?,
+        native(libc::SYS_ioctl, [0, u64::from(TIOCSTI), 0, 0, 0, 0])?,
         eperm
     );
-    assert_eq!(native(libc::SYS_ioctl, [0, TIOCLINUX, 0, 0, 0, 0])?, eperm);
+    assert_eq!(
+        native(
+            libc::SYS_ioctl,
+            [0, u64::from(TIOCSTI) | 1 << 32, 0, 0, 0, 0]
+        )?,
+        eperm
+    );
+    assert_eq!(
+        native(libc::SYS_ioctl, [0, u64::from(TIOCLINUX), 0, 0, 0, 0])?,
+        eperm
+    );
     assert_eq!(native(libc::SYS_ioctl, [0, 0x5401, 0, 0, 0, 0])?, RET_ALLOW); // TCGETS
     let thread = 0x003d_0f00; // glibc's pthread_create flags
     assert_eq!(native(libc::SYS_clone, [thread, 0, 0, 0, 0, 0])?, RET_ALLOW);
@@ -182,7 +290,7 @@ fn verdicts() -> TestResult {
     }
     for value in PERSONALITIES {
         assert_eq!(
-            native(libc::SYS_personality, [value, 0, 0, 0, 0, 0])?,
+            native(libc::SYS_personality, [u64::from(value), 0, 0, 0, 0, 0])?,
             RET_ALLOW
         );
     }
@@ -209,7 +317,7 @@ fn x32_numbers_are_refused() -> TestResult {
 
 #[test]
 fn pid_1_may_supervise_and_nothing_more() -> TestResult {
-    let (_, program) = pid1_program()?;
+    let program = pid1_program()?;
     let eperm = ret_errno(libc::EPERM);
     let at = |nr: i64, args: [u64; 6]| run(&program, u32::try_from(nr).unwrap_or(0), NATIVE, args);
     for (name, nr) in [
@@ -220,8 +328,14 @@ fn pid_1_may_supervise_and_nothing_more() -> TestResult {
     ] {
         assert_eq!(at(nr, [0; 6])?, RET_ALLOW, "{name}");
     }
-    assert_eq!(at(libc::SYS_ioctl, [0, TCGETS, 0, 0, 0, 0])?, RET_ALLOW);
-    assert_eq!(at(libc::SYS_ioctl, [0, TIOCSTI, 0, 0, 0, 0])?, eperm);
+    assert_eq!(
+        at(libc::SYS_ioctl, [0, u64::from(TCGETS), 0, 0, 0, 0])?,
+        RET_ALLOW
+    );
+    assert_eq!(
+        at(libc::SYS_ioctl, [0, u64::from(TIOCSTI), 0, 0, 0, 0])?,
+        eperm
+    );
     for (name, nr) in [
         ("unshare", libc::SYS_unshare),
         ("setns", libc::SYS_setns),
