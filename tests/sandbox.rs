@@ -1395,6 +1395,35 @@ fn seccomp_refuses_every_dangerous_call_on_the_list() {
     assert!(out.stdout.contains("USERADD 0"), "{out:#?}");
 }
 
+/// The stage starts before the policy is read (it makes the network
+/// namespace meanwhile): when the policy is bad, it is killed, and its run
+/// directory removed.
+#[test]
+fn a_sandbox_that_never_starts_leaves_no_stage_behind() {
+    require_root!();
+    let tmp = Scratch::new("never-started");
+    let missing = tmp.path("missing.yaml");
+    let out = std::process::Command::new(BIN)
+        .env("TMPDIR", tmp.path(""))
+        .args(["exec", "--policy"])
+        .arg(&missing)
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("missing.yaml"), "{stderr}");
+    // (Scratch paths hold no regex metacharacters.)
+    let stage = format!("__sandbox {}", tmp.path("").display());
+    assert!(pgrep(&stage).is_empty(), "a stage survived");
+    let left: Vec<_> = std::fs::read_dir(tmp.path(""))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
 #[test]
 fn run_directories_of_dead_tollgates_are_removed() {
     require_root!();

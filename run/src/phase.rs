@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_proxy::audit::AuditLog;
 use tollgate_proxy::policy::Policy;
 use tollgate_sandbox::cgroup;
-use tollgate_sandbox::{Bind, NewFile, Output, Spec};
+use tollgate_sandbox::{Bind, NewFile, Output, Sandbox, Spec};
 
 use crate::enclave::{Enclave, Limits, Network, Stopped, Supervision};
 use crate::error::RunError;
@@ -80,6 +80,8 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
     let (read, write) = nix::unistd::pipe().map_err(|e| {
         RunError::io("cannot create the phase's output pipe")(std::io::Error::from(e))
     })?;
+    // The stage makes the network namespace while we prepare the rest.
+    let stage = Sandbox::prepare(Output::Pipe(write))?;
     (shared.events)(Event::PhaseStarted { phase: plan.name });
     let started = Instant::now();
     let stream = PhaseStream::start(
@@ -100,7 +102,7 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
         name: &format!("{}-{}", shared.run_id, plan.name),
         limits: shared.limits,
     };
-    let enclave = Enclave::start(spec, network, limits, Output::Pipe(write))?;
+    let enclave = Enclave::start(stage, spec, network, limits)?;
     let warnings = enclave.warnings().to_vec();
     for warning in &warnings {
         (shared.events)(Event::Warning(warning.clone()));

@@ -1,9 +1,10 @@
 //! The host side and the sandbox's stage talk over a unix socket in the
 //! host side's private run directory (a path both can reach whatever
 //! network namespace they are in; SOCK_SEQPACKET keeps messages apart).
-//! The stage sends the proxy's listener it bound inside the sandbox's
-//! network namespace, may ask for subordinate id maps (rootless), and says
-//! which process is PID 1.
+//! The host side sends the sandbox's spec (a sealed memfd); the stage sends
+//! the proxy's listener it bound inside the sandbox's network namespace,
+//! may ask for subordinate id maps (rootless), and says which process is
+//! PID 1.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -27,6 +28,8 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 /// What travels over the control socket.
 #[derive(Debug)]
 pub(crate) enum Message {
+    /// host -> stage: the handoff (spec.rs), in a sealed memfd.
+    Handoff(OwnedFd),
     /// stage -> host: the proxy's listener, bound inside the sandbox.
     Listener(OwnedFd),
     /// stage -> host: write the subordinate id maps of this process.
@@ -39,6 +42,7 @@ pub(crate) enum Message {
     Failed(String),
 }
 
+const HANDOFF: u8 = b'H';
 const LISTENER: u8 = b'L';
 const MAP_ME: u8 = b'M';
 const MAPPED: u8 = b'm';
@@ -87,6 +91,7 @@ impl Control {
 
     pub fn send(&self, message: &Message) -> Result<(), SandboxError> {
         let (tag, number, fd, text) = match message {
+            Message::Handoff(fd) => (HANDOFF, 0, Some(fd.as_raw_fd()), ""),
             Message::Listener(fd) => (LISTENER, 0, Some(fd.as_raw_fd()), ""),
             Message::MapMe(pid) => (MAP_ME, *pid, None, ""),
             Message::Mapped(true) => (MAPPED, 0, None, ""),
@@ -146,8 +151,9 @@ impl Control {
             return Ok(None);
         }
         let number = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let bad = || SandboxError::Spec("a control message the stage never sends".into());
+        let bad = || SandboxError::Spec("a control message neither side sends".into());
         Ok(Some(match bytes[0] {
+            HANDOFF => Message::Handoff(fd.ok_or_else(bad)?),
             LISTENER => Message::Listener(fd.ok_or_else(bad)?),
             MAP_ME => Message::MapMe(number),
             MAPPED => Message::Mapped(true),

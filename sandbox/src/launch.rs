@@ -5,7 +5,7 @@
 
 use std::fs::DirBuilder;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,14 +23,11 @@ use crate::{stdio, sys, SandboxError};
 /// How the sandboxed command ended, in the shell's convention.
 pub type SandboxExit = i32;
 
-/// A running sandbox. Dropping it removes its run directory.
+/// A running sandbox. Dropping it kills the sandbox if it still runs, and
+/// removes its run directory.
 pub struct Sandbox {
-    stage: Child,
+    stage: Stage,
     init: Pid,
-    run_dir: PathBuf,
-    /// Kept open until the sandbox ends: the stage reads it through
-    /// `/proc/<our pid>/fd/<fd>` when it starts.
-    _handoff: OwnedFd,
     terminal: Option<Relay>,
 }
 
@@ -158,73 +155,60 @@ impl Output {
     }
 }
 
+/// A sandbox's stage, started before its spec is ready: while the caller
+/// prepares the rest (policy, proxy, cgroups), the stage execs and makes
+/// the network namespace on the other CPU. [`Starting::start`] hands it
+/// the spec; dropping it instead kills the stage.
+pub struct Starting {
+    stage: Stage,
+    ids: IdMapping,
+    control: ControlListener,
+    master: Option<(OwnedFd, Terminals)>,
+    console: Option<Console>,
+}
+
+/// The stage process and the run directory it uses. Dropping it kills the
+/// stage if it still runs — PID 1 and the whole sandbox go with it
+/// (parent-death signals) — reaps it, and removes the directory.
+struct Stage {
+    process: Child,
+    run_dir: RunDir,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        // Once reaped, kill() sends nothing.
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 impl Sandbox {
-    /// Starts `spec` with its standard streams sent to `output`. Returns the
-    /// sandbox and the proxy's listener, bound to `listen` inside the
-    /// sandbox's network namespace.
-    pub fn start(
-        spec: Spec,
-        listen: SocketAddr,
-        output: Output,
-    ) -> Result<(Sandbox, TcpListener), SandboxError> {
+    /// Starts a sandbox's stage with its standard streams sent to
+    /// `output`.
+    pub fn prepare(output: Output) -> Result<Starting, SandboxError> {
         preflight()?;
-        if !spec.base.is_dir() {
-            return Err(SandboxError::BadBase(spec.base.clone()));
-        }
         let ids = IdMapping::for_this_process();
-        let mut streams = output.streams(&ids)?;
-        let console = streams.console.take();
-        let run_dir = private_run_dir()?;
-        let guard = RunDir(run_dir.clone());
-        let scratch = run_dir.join("scratch");
-        std::fs::create_dir(&scratch)
-            .map_err(SandboxError::io("create the scratch mount point"))?;
-        let control_path = run_dir.join("control");
+        let streams = output.streams(&ids)?;
+        let run_dir = RunDir(private_run_dir()?);
+        let control_path = run_dir.0.join("control");
         let control = ControlListener::bind(&control_path)?;
-        let handoff = Handoff {
-            spec,
-            scratch,
-            listen,
-            ids: ids.clone(),
-            console,
-        };
-        let handoff = sealed_memfd(&handoff.to_bytes()?)?;
-        let mut stage = Command::new("/proc/self/exe")
+        let process = Command::new("/proc/self/exe")
             .arg(STAGE_ARG)
-            .arg(std::process::id().to_string())
-            .arg(handoff.as_raw_fd().to_string())
             .arg(&control_path)
             .stdin(streams.stdin)
             .stdout(streams.stdout)
             .stderr(streams.stderr)
             .spawn()
             .map_err(SandboxError::io("start the sandbox"))?;
-        let started = control
-            .accept(&mut stage)
-            .and_then(|control| follow_start(&control, &mut stage, &ids));
-        let (listener, init) = match started {
-            Ok(started) => started,
-            Err(e) => {
-                let _ = stage.kill();
-                let _ = stage.wait();
-                return Err(e);
-            }
-        };
-        let terminal = match streams.master {
-            Some((master, terminals)) => Some(Relay::start(master, terminals)?),
-            None => None,
-        };
-        std::mem::forget(guard);
-        Ok((
-            Sandbox {
-                stage,
-                init,
-                run_dir,
-                _handoff: handoff,
-                terminal,
-            },
-            listener,
-        ))
+        remove_stale_run_dirs();
+        Ok(Starting {
+            stage: Stage { process, run_dir },
+            ids,
+            control,
+            master: streams.master,
+            console: streams.console,
+        })
     }
 
     /// A handle for signalling the sandbox while another thread waits.
@@ -236,6 +220,7 @@ impl Sandbox {
     pub fn wait(mut self) -> Result<SandboxExit, SandboxError> {
         let status = self
             .stage
+            .process
             .wait()
             .map_err(SandboxError::io("wait for the sandbox"))?;
         if let Some(terminal) = self.terminal.take() {
@@ -245,9 +230,47 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.run_dir);
+impl Starting {
+    /// Hands the stage `spec` (in a sealed memfd, over the control
+    /// socket) and follows it until PID 1 runs. Returns the sandbox and
+    /// the proxy's listener, bound to `listen` inside the sandbox's network
+    /// namespace.
+    pub fn start(
+        mut self,
+        spec: Spec,
+        listen: SocketAddr,
+    ) -> Result<(Sandbox, TcpListener), SandboxError> {
+        if !spec.base.is_dir() {
+            return Err(SandboxError::BadBase(spec.base.clone()));
+        }
+        let scratch = self.stage.run_dir.0.join("scratch");
+        std::fs::create_dir(&scratch)
+            .map_err(SandboxError::io("create the scratch mount point"))?;
+        let handoff = Handoff {
+            spec,
+            scratch,
+            listen,
+            ids: self.ids.clone(),
+            console: self.console.take(),
+        };
+        let handoff = sealed_memfd(&handoff.to_bytes()?)?;
+        let stage = &mut self.stage.process;
+        let (listener, init) = self.control.accept(stage).and_then(|control| {
+            control.send(&Message::Handoff(handoff))?;
+            follow_start(&control, stage, &self.ids)
+        })?;
+        let terminal = match self.master.take() {
+            Some((master, terminals)) => Some(Relay::start(master, terminals)?),
+            None => None,
+        };
+        Ok((
+            Sandbox {
+                stage: self.stage,
+                init,
+                terminal,
+            },
+            listener,
+        ))
     }
 }
 
@@ -272,7 +295,7 @@ fn follow_start(
                 return Ok((listener, sys::pid(pid)));
             }
             Some(Message::Failed(why)) => return Err(SandboxError::StageFailed(why)),
-            Some(Message::Mapped(_)) | None => {
+            Some(Message::Mapped(_) | Message::Handoff(_)) | None => {
                 let status = stage
                     .wait()
                     .map_err(SandboxError::io("wait for the sandbox"))?;
@@ -392,7 +415,6 @@ const RUN_DIR_PREFIX: &str = "tollgate-run-";
 /// another user can guess is one they can take first, and every sandbox
 /// would fail to start. mkdir never follows or reuses what is there.
 fn private_run_dir() -> Result<PathBuf, SandboxError> {
-    remove_stale_run_dirs();
     let mut random = [0u8; 8];
     getrandom::getrandom(&mut random)
         .map_err(|e| SandboxError::io("pick a run directory name")(e.into()))?;
@@ -409,7 +431,8 @@ fn private_run_dir() -> Result<PathBuf, SandboxError> {
 }
 
 /// `bytes` in a memfd sealed against any change: a file that lives only in
-/// memory, closed on exec, so nothing but PID 1 (through /proc) reads it.
+/// memory, closed on exec, that only the stage receives (over the control
+/// socket).
 fn sealed_memfd(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};

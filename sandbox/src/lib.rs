@@ -4,12 +4,14 @@
 //! listening socket as the only thing reachable on the network.
 //!
 //! Three processes build it, each doing what only it can:
-//! - the host side ([`Sandbox::start`], launch.rs) hands the spec over in
-//!   a sealed memfd, starts the stage and serves its control socket;
+//! - the host side ([`Sandbox::prepare`], launch.rs) starts the stage,
+//!   hands it the spec in a sealed memfd once it is ready, and serves the
+//!   control socket;
 //! - the stage (stage.rs), a fresh exec of this binary, creates the
-//!   network namespace (binding the proxy's listener in it and handing it
-//!   back), the mount, PID, IPC, UTS and cgroup namespaces — after a user
-//!   namespace of its own when rootless — and forks PID 1;
+//!   network namespace (meanwhile: binding the proxy's listener in it and
+//!   handing it back once the spec came), the mount, PID, IPC, UTS and
+//!   cgroup namespaces — after a user namespace of its own when rootless —
+//!   and forks PID 1;
 //! - PID 1 (init.rs) builds the root filesystem, starts the command in a
 //!   user namespace mapped to an unprivileged host range (command.rs),
 //!   drops every privilege of its own and supervises.
@@ -44,7 +46,7 @@ mod stdio;
 mod sys;
 
 pub use error::SandboxError;
-pub use launch::{preflight, remove_stale_run_dirs, Init, Output, Sandbox, SandboxExit};
+pub use launch::{preflight, remove_stale_run_dirs, Init, Output, Sandbox, SandboxExit, Starting};
 pub use reaper::interrupts_come_from_a_terminal;
 pub use spec::{Bind, NewFile, Spec, DEFAULT_TMPFS_SIZE};
 pub use stage::enter_if_requested;

@@ -1,8 +1,10 @@
 //! The sandbox's stage: the process the host side starts (a fresh exec of
 //! this binary, so single-threaded, which unshare(CLONE_NEWUSER) and fork
-//! need). It creates the sandbox's namespaces, binds the proxy's listener
-//! inside the new network namespace and hands it to the host side, then
-//! forks PID 1 of the new PID namespace ([`crate::init`]) and waits for it.
+//! need). It creates the sandbox's network namespace while the host side
+//! still prepares the spec, then receives the spec, binds the proxy's
+//! listener inside the network namespace and hands it to the host side,
+//! creates the other namespaces, forks PID 1 of the new PID namespace
+//! ([`crate::init`]) and waits for it.
 //!
 //! - As root, the namespaces belong to the host's user namespace: root's
 //!   power over them never reaches the command, which PID 1 starts in a user
@@ -11,6 +13,7 @@
 //!   is root in it), and the other namespaces belong to it.
 
 use std::io::Write;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -36,20 +39,18 @@ pub const STAGE_ARG: &str = "__sandbox";
 pub(crate) const SETUP_FAILED: u8 = 125;
 
 /// Runs the stage when this process was started as it (`<exe> __sandbox
-/// HOST-PID HANDOFF-FD CONTROL-SOCKET`): a binary that embeds the sandbox
-/// calls this first thing in `main` and exits with the status it returns.
+/// CONTROL-SOCKET`): a binary that embeds the sandbox calls this first
+/// thing in `main` and exits with the status it returns.
 pub fn enter_if_requested() -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
     if args.next()? != STAGE_ARG {
         return None;
     }
-    let (host, fd, control) = (args.next()?, args.next()?, args.next()?);
-    let handoff = PathBuf::from("/proc").join(host).join("fd").join(fd);
-    let control = match Control::connect(&PathBuf::from(control)) {
+    let control = match Control::connect(&PathBuf::from(args.next()?)) {
         Ok(control) => control,
         Err(e) => return Some(failed(&e)),
     };
-    Some(match run(&handoff, &control) {
+    Some(match run(&control) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             let _ = control.send(&Message::Failed(e.to_string()));
@@ -63,18 +64,25 @@ fn failed(error: &SandboxError) -> ExitCode {
     ExitCode::from(SETUP_FAILED)
 }
 
-fn run(handoff: &std::path::Path, control: &Control) -> Result<i32, SandboxError> {
+fn run(control: &Control) -> Result<i32, SandboxError> {
     // The stage dies with the host side (and PID 1 with the stage); a
     // terminal's SIGINT and SIGQUIT are for the command, not for us.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(SandboxError::setup("set parent-death signal"))?;
     ignore_terminal_signals()?;
-    let bytes = std::fs::read(handoff).map_err(SandboxError::io("read the sandbox's spec"))?;
-    let handoff = Handoff::from_bytes(&bytes)?;
+    // The network namespace first: it needs nothing of the spec, and is
+    // the dearest step (the kernel sets up a whole network stack).
+    let ids = IdMapping::for_this_process();
+    let early = enter_user_and_network_namespaces(&ids, control)?;
+    netlink::loopback_up().map_err(SandboxError::setup("bring up lo in the sandbox"))?;
+    let handoff = receive_handoff(control, early)?;
+    if handoff.ids != ids {
+        return Err(SandboxError::Ids(
+            "the host side and the stage disagree on the sandbox's ids".into(),
+        ));
+    }
     // Every process of the sandbox is born in its cgroups.
     cgroup::join(&handoff.spec.cgroups)?;
-    enter_user_and_network_namespaces(&handoff.ids, control)?;
-    netlink::loopback_up().map_err(SandboxError::setup("bring up lo in the sandbox"))?;
     let listener = TcpListener::bind(handoff.listen).map_err(SandboxError::io(format!(
         "bind the proxy on {} inside the sandbox",
         handoff.listen
@@ -128,24 +136,45 @@ fn ignore_terminal_signals() -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// The handoff: the one that came while we waited for our id maps, or
+/// the next message.
+fn receive_handoff(control: &Control, early: Option<OwnedFd>) -> Result<Handoff, SandboxError> {
+    let memfd = match early {
+        Some(memfd) => memfd,
+        None => match control.recv(None)? {
+            Some(Message::Handoff(memfd)) => memfd,
+            _ => return Err(SandboxError::Spec("the host side sent no spec".into())),
+        },
+    };
+    // The host side wrote it through the same open file: from the start.
+    let mut bytes = Vec::new();
+    let mut file = std::fs::File::from(memfd);
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(SandboxError::io("read the sandbox's spec"))?;
+    Handoff::from_bytes(&bytes)
+}
+
 /// As root: a network namespace of the host's user namespace. Rootless: a
 /// user namespace whose root is the caller, mapped by the stage itself
 /// (the caller's one id) or by the host side's newuidmap/newgidmap (a
-/// subordinate range), and a network namespace it owns.
+/// subordinate range), and a network namespace it owns. Returns the
+/// handoff if the host side sent it while we waited for the maps.
 fn enter_user_and_network_namespaces(
     ids: &IdMapping,
     control: &Control,
-) -> Result<(), SandboxError> {
+) -> Result<Option<OwnedFd>, SandboxError> {
     let IdMapping::Rootless {
         uid,
         gid,
         subordinate,
     } = ids
     else {
-        return unshare(CloneFlags::CLONE_NEWNET).map_err(|source| SandboxError::Namespace {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|source| SandboxError::Namespace {
             what: "network",
             source,
-        });
+        })?;
+        return Ok(None);
     };
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET).map_err(|source| {
         SandboxError::Namespace {
@@ -155,12 +184,16 @@ fn enter_user_and_network_namespaces(
     })?;
     if subordinate.is_some() {
         control.send(&Message::MapMe(std::process::id()))?;
-        match control.recv(None)? {
-            Some(Message::Mapped(true)) => return Ok(()),
-            _ => {
-                return Err(SandboxError::Ids(
-                    "newuidmap/newgidmap failed (see above)".into(),
-                ))
+        let mut handoff = None;
+        loop {
+            match control.recv(None)? {
+                Some(Message::Handoff(memfd)) if handoff.is_none() => handoff = Some(memfd),
+                Some(Message::Mapped(true)) => return Ok(handoff),
+                _ => {
+                    return Err(SandboxError::Ids(
+                        "newuidmap/newgidmap failed (see above)".into(),
+                    ))
+                }
             }
         }
     }
@@ -170,5 +203,6 @@ fn enter_user_and_network_namespaces(
     };
     write("setgroups", "deny".into())?;
     write("uid_map", format!("0 {uid} 1"))?;
-    write("gid_map", format!("0 {gid} 1"))
+    write("gid_map", format!("0 {gid} 1"))?;
+    Ok(None)
 }

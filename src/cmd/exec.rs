@@ -12,7 +12,7 @@ use tollgate_run::state::StateDir;
 use tollgate_run::trust::load_ca;
 use tollgate_sandbox::cgroup;
 use tollgate_sandbox::ids::IdMapping;
-use tollgate_sandbox::{Bind, Output, Spec};
+use tollgate_sandbox::{Bind, Output, Sandbox, Spec};
 
 use crate::cli::ExecArgs;
 use crate::cmd::proxy;
@@ -21,7 +21,9 @@ use crate::cmd::proxy;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
-    tollgate_sandbox::preflight()?;
+    // The sandbox's stage starts first: it makes the network namespace
+    // while we load the policy and start the proxy's runtime.
+    let stage = Sandbox::prepare(Output::Inherit)?;
     let trust = load_ca(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
     let policy = proxy::load_enforceable(&args.policy, trust.is_some())?;
     let audit = AuditLog::open(match &args.audit_log {
@@ -50,7 +52,7 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
                 pids: args.pids,
             },
         };
-        let enclave = Enclave::start(spec, network, limits, Output::Inherit)?;
+        let enclave = Enclave::start(stage, spec, network, limits)?;
         for warning in enclave.warnings() {
             say!("tollgate: warning: {warning}");
         }

@@ -22,7 +22,7 @@ use tollgate_proxy::policy::Policy;
 use tollgate_proxy::{ListenError, Listener, Proxy, ProxyConfig};
 use tollgate_sandbox::cgroup::{self, CgroupError, PhaseCgroup};
 use tollgate_sandbox::{
-    interrupts_come_from_a_terminal, Init, Output, Sandbox, SandboxError, Spec,
+    interrupts_come_from_a_terminal, Init, Sandbox, SandboxError, Spec, Starting,
 };
 
 use crate::trust::LoadedCa;
@@ -105,13 +105,15 @@ pub struct Enclave {
 
 impl Enclave {
     /// Starts the sandbox of `spec` — its environment and files laid over
-    /// the inside contract's — and its proxy. Must be called on a tokio
+    /// the inside contract's — on `stage` (started early with
+    /// [`Sandbox::prepare`], so that it makes the network namespace while
+    /// the caller works), and its proxy. Must be called on a tokio
     /// runtime, which serves the proxy.
     pub fn start(
+        stage: Starting,
         spec: Spec,
         network: Network<'_>,
         limits: Limits<'_>,
-        output: Output,
     ) -> Result<Enclave, EnclaveError> {
         let (cgroup, report) = PhaseCgroup::create(limits.name, &limits.limits)?;
         let intercepting = network.trust.is_some();
@@ -119,7 +121,7 @@ impl Enclave {
         files.extend(spec.files.iter().cloned());
         let env = inside::merge(inside::environment(intercepting), spec.env.clone());
         let spec = spec.files(files).env(env).cgroups(cgroup.join_files());
-        let (sandbox, listener) = Sandbox::start(spec, inside::PROXY_ADDR, output)?;
+        let (sandbox, listener) = stage.start(spec, inside::PROXY_ADDR)?;
         let config = ProxyConfig {
             phase: Some(Arc::from(network.phase)),
             interception: network.trust.map(|ca| ca.interception.clone()),
