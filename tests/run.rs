@@ -472,7 +472,9 @@ fn a_connection_opened_in_setup_is_closed_before_the_agent_starts() {
     let env = world.env(&env_file(&format!(
         "{}{INTERNET}",
         setup_key(&format!(
-            "curl -sN --max-time 100 http://internet.test:{port}/stream >/dev/null &\nsleep 1\necho SETUP_DONE"
+            "curl -sN --max-time 100 http://internet.test:{port}/stream >/tmp/stream &\n\
+             for i in $(seq 200); do [ -s /tmp/stream ] && break; sleep 0.1; done\n\
+             sleep 1\necho SETUP_DONE"
         ))
     )));
     let run = world.run(
