@@ -3,8 +3,8 @@
 //! network namespace they are in; SOCK_SEQPACKET keeps messages apart).
 //! The host side sends the sandbox's spec (a sealed memfd); the stage sends
 //! the proxy's listener it bound inside the sandbox's network namespace,
-//! may ask for subordinate id maps (rootless), and says which process is
-//! PID 1.
+//! may ask for subordinate id maps (rootless), says which process is
+//! PID 1, and how it exited.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -38,6 +38,9 @@ pub(crate) enum Message {
     Mapped(bool),
     /// stage -> host: PID 1 is this process (in the host's PID namespace).
     Started(u32),
+    /// stage -> host: PID 1 exited with this status (in the shell's
+    /// convention), and with it every process of the sandbox.
+    Exited(u32),
     /// stage -> host: the sandbox could not be set up, and why.
     Failed(String),
 }
@@ -48,6 +51,7 @@ const MAP_ME: u8 = b'M';
 const MAPPED: u8 = b'm';
 const NOT_MAPPED: u8 = b'x';
 const STARTED: u8 = b'P';
+const EXITED: u8 = b'E';
 const FAILED: u8 = b'F';
 /// The longest failure message sent (a path or two and an errno).
 const MAX_MESSAGE: usize = 4096;
@@ -97,6 +101,7 @@ impl Control {
             Message::Mapped(true) => (MAPPED, 0, None, ""),
             Message::Mapped(false) => (NOT_MAPPED, 0, None, ""),
             Message::Started(pid) => (STARTED, *pid, None, ""),
+            Message::Exited(code) => (EXITED, *code, None, ""),
             Message::Failed(why) => (FAILED, 0, None, why.as_str()),
         };
         let mut bytes = vec![tag];
@@ -159,6 +164,7 @@ impl Control {
             MAPPED => Message::Mapped(true),
             NOT_MAPPED => Message::Mapped(false),
             STARTED => Message::Started(number),
+            EXITED => Message::Exited(number),
             FAILED => Message::Failed(
                 String::from_utf8_lossy(bytes.get(5..len).unwrap_or_default()).into_owned(),
             ),

@@ -27,6 +27,7 @@ pub type SandboxExit = i32;
 /// removes its run directory.
 pub struct Sandbox {
     stage: Stage,
+    control: Control,
     init: Pid,
     terminal: Option<Relay>,
 }
@@ -216,18 +217,34 @@ impl Sandbox {
         Init(self.init)
     }
 
-    /// Waits for the command's exit code.
-    pub fn wait(mut self) -> Result<SandboxExit, SandboxError> {
-        let status = self
-            .stage
-            .process
-            .wait()
-            .map_err(SandboxError::io("wait for the sandbox"))?;
+    /// Waits for the command's exit code: as soon as the stage reports it
+    /// (every process of the sandbox is gone by then), while the kernel
+    /// still tears the sandbox's namespaces down as the stage exits.
+    /// Dropping the [`Teardown`] waits for the rest.
+    pub fn wait(mut self) -> Result<(SandboxExit, Teardown), SandboxError> {
+        let code = match self.control.recv(None) {
+            Ok(Some(Message::Exited(code))) => i32::try_from(code).unwrap_or(1),
+            // It failed (it said why on standard error) or was killed.
+            _ => self
+                .stage
+                .process
+                .wait()
+                .map_err(SandboxError::io("wait for the sandbox"))?
+                .code()
+                .unwrap_or(137),
+        };
         if let Some(terminal) = self.terminal.take() {
             terminal.finish();
         }
-        Ok(status.code().unwrap_or(137))
+        Ok((code, Teardown { _stage: self.stage }))
     }
+}
+
+/// A sandbox whose command has ended and whose stage is exiting (the
+/// kernel unmounts its mount namespace then). Dropping it waits for that
+/// and removes the run directory.
+pub struct Teardown {
+    _stage: Stage,
 }
 
 impl Starting {
@@ -255,10 +272,9 @@ impl Starting {
         };
         let handoff = sealed_memfd(&handoff.to_bytes()?)?;
         let stage = &mut self.stage.process;
-        let (listener, init) = self.control.accept(stage).and_then(|control| {
-            control.send(&Message::Handoff(handoff))?;
-            follow_start(&control, stage, &self.ids)
-        })?;
+        let control = self.control.accept(stage)?;
+        control.send(&Message::Handoff(handoff))?;
+        let (listener, init) = follow_start(&control, stage, &self.ids)?;
         let terminal = match self.master.take() {
             Some((master, terminals)) => Some(Relay::start(master, terminals)?),
             None => None,
@@ -266,6 +282,7 @@ impl Starting {
         Ok((
             Sandbox {
                 stage: self.stage,
+                control,
                 init,
                 terminal,
             },
@@ -295,7 +312,7 @@ fn follow_start(
                 return Ok((listener, sys::pid(pid)));
             }
             Some(Message::Failed(why)) => return Err(SandboxError::StageFailed(why)),
-            Some(Message::Mapped(_) | Message::Handoff(_)) | None => {
+            Some(Message::Mapped(_) | Message::Handoff(_) | Message::Exited(_)) | None => {
                 let status = stage
                     .wait()
                     .map_err(SandboxError::io("wait for the sandbox"))?;

@@ -106,7 +106,11 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
             // namespaces: with no privilege.
             capabilities::become_sandbox_root_on_host(&handoff.ids)?;
             control.send(&Message::Started(child.as_raw().unsigned_abs()))?;
-            wait_for(child)
+            let code = wait_for(child)?;
+            // The host side may go on while we exit: our exit unmounts the
+            // sandbox's mount namespace, which takes a while.
+            control.send(&Message::Exited(code.unsigned_abs()))?;
+            Ok(code)
         }
     }
 }

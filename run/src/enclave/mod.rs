@@ -22,7 +22,7 @@ use tollgate_proxy::policy::Policy;
 use tollgate_proxy::{ListenError, Listener, Proxy, ProxyConfig};
 use tollgate_sandbox::cgroup::{self, CgroupError, PhaseCgroup};
 use tollgate_sandbox::{
-    interrupts_come_from_a_terminal, Init, Sandbox, SandboxError, Spec, Starting,
+    interrupts_come_from_a_terminal, Init, Sandbox, SandboxError, Spec, Starting, Teardown,
 };
 
 use crate::trust::LoadedCa;
@@ -163,13 +163,23 @@ impl Enclave {
                 grace,
             } => stop_when_asked(init, waiting, timeout, cancel, grace).await,
         };
+        // Every process of the sandbox is gone; the kernel may still be
+        // unmounting its namespace (`teardown`) while we shut down.
+        let (ended, teardown) = match ended {
+            Ok((ended, teardown)) => (Ok(ended), Some(teardown)),
+            Err(e) => (Err(e), None),
+        };
         proxy.shutdown().await;
         proxy.audit().sync(Duration::from_secs(5));
         let oom_killed = cgroup.oom_killed();
-        // Emptying and removing the cgroups may take a moment of retries.
-        tokio::task::spawn_blocking(move || drop(cgroup))
-            .await
-            .map_err(|_| EnclaveError::Waiter)?;
+        // The cgroups can go once the stage has left them; emptying and
+        // removing them may take a moment of retries.
+        tokio::task::spawn_blocking(move || {
+            drop(teardown);
+            drop(cgroup);
+        })
+        .await
+        .map_err(|_| EnclaveError::Waiter)?;
         ended.map(|ended| Ended {
             oom_killed,
             ..ended
@@ -177,10 +187,19 @@ impl Enclave {
     }
 }
 
-type Waiting = tokio::task::JoinHandle<Result<i32, SandboxError>>;
+type Waiting = tokio::task::JoinHandle<Result<(i32, Teardown), SandboxError>>;
 
-async fn finished(waiting: &mut Waiting) -> Result<i32, EnclaveError> {
+async fn finished(waiting: &mut Waiting) -> Result<(i32, Teardown), EnclaveError> {
     Ok(waiting.await.map_err(|_| EnclaveError::Waiter)??)
+}
+
+fn ended((code, teardown): (i32, Teardown), stopped: Option<Stopped>) -> (Ended, Teardown) {
+    let ended = Ended {
+        code,
+        stopped,
+        oom_killed: false,
+    };
+    (ended, teardown)
 }
 
 /// The signals `exec` passes on to the sandbox, installed before it
@@ -210,10 +229,10 @@ async fn forward_signals(
     init: Init,
     mut waiting: Waiting,
     mut signals: HostSignals,
-) -> Result<Ended, EnclaveError> {
+) -> Result<(Ended, Teardown), EnclaveError> {
     loop {
         tokio::select! {
-            result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None, oom_killed: false }),
+            result = finished(&mut waiting) => return Ok(ended(result?, None)),
             _ = signals.terminate.recv() => pass_on(init, Signal::SIGTERM),
             _ = signals.hangup.recv() => pass_on(init, Signal::SIGHUP),
             _ = signals.interrupt.recv() => pass_on_unless_terminal(init, Signal::SIGINT),
@@ -242,28 +261,23 @@ async fn stop_when_asked(
     timeout: Option<Duration>,
     cancel: CancellationToken,
     grace: Duration,
-) -> Result<Ended, EnclaveError> {
+) -> Result<(Ended, Teardown), EnclaveError> {
     let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
     let stopped = tokio::select! {
-        result = finished(&mut waiting) => return Ok(Ended { code: result?, stopped: None, oom_killed: false }),
+        result = finished(&mut waiting) => return Ok(ended(result?, None)),
         () = &mut deadline, if timeout.is_some() => Stopped::Timeout,
         () = cancel.cancelled() => Stopped::Cancelled,
     };
     // SIGTERM to the command (through init); SIGKILL to the whole sandbox
-    // if it is still there after the grace period. Init stays our unreaped
-    // child until `waiting` ends, so its PID cannot be reused meanwhile.
+    // if it is still there after the grace period.
     tokio::task::spawn_blocking(move || init.signal(Signal::SIGTERM));
-    let code = match tokio::time::timeout(grace, finished(&mut waiting)).await {
+    let result = match tokio::time::timeout(grace, finished(&mut waiting)).await {
         Ok(result) => result?,
         Err(_) => {
             init.kill();
             finished(&mut waiting).await?
         }
     };
-    Ok(Ended {
-        code,
-        stopped: Some(stopped),
-        oom_killed: false,
-    })
+    Ok(ended(result, Some(stopped)))
 }
