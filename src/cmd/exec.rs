@@ -61,6 +61,9 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
             .await
             .map_err(anyhow::Error::from)
     })?;
+    // The proxy is shut down and the audit log synced: nothing on the
+    // runtime is worth waiting for its threads to wind down.
+    runtime.shutdown_background();
     Ok(ExitCode::from(u8::try_from(ended.code).unwrap_or(1)))
 }
 
