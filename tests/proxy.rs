@@ -463,6 +463,141 @@ fn a_tls_client_hello_for_another_host_inside_an_allowed_connect_is_refused() {
     assert!(canary.bytes() > 0, "matching SNI was not relayed");
 }
 
+/// TLS 1.3 lets the server ask for a second ClientHello (HelloRetryRequest).
+/// A client that names the same host in it gets through, as it should.
+#[test]
+fn a_hello_retry_request_round_with_the_same_name_completes() {
+    let server = RetryingTlsServer::start(&["allowed.test"]);
+    let proxy = Proxy::start(&loopback_policy(&[server.addr.port()], ""), &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let done = runtime.block_on(async {
+        let stream = connect_tunnel(&proxy, "allowed.test", server.addr.port()).await;
+        let config = client_config(roots_from(&server.ca_pem));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("allowed.test").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream)).await
+    });
+    assert!(matches!(done, Ok(Ok(_))), "handshake failed: {done:?}");
+    assert!(
+        eventually(Duration::from_secs(3), || server.completed()
+            == vec![Some("allowed.test".to_owned())]),
+        "{:?}",
+        server.completed()
+    );
+}
+
+/// Invariant 4 past the first hello: after a HelloRetryRequest, a second
+/// ClientHello naming another host is refused and never reaches the server.
+#[test]
+fn a_second_client_hello_for_another_host_after_a_retry_is_refused() {
+    let server = RetryingTlsServer::start(&["allowed.test", "other.test"]);
+    let proxy = Proxy::start(&loopback_policy(&[server.addr.port()], ""), &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let after_retry = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = connect_tunnel(&proxy, "allowed.test", server.addr.port()).await;
+        stream
+            .write_all(&client_hello(Some("allowed.test")))
+            .await
+            .unwrap();
+        let mut retry = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut retry))
+            .await
+            .expect("no HelloRetryRequest")
+            .unwrap();
+        assert!(
+            n > 0 && retry[0] == 0x16,
+            "not a handshake: {:?}",
+            &retry[..n]
+        );
+        stream
+            .write_all(&retried_client_hello("other.test"))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        rest
+    });
+    assert!(
+        after_retry.is_empty(),
+        "the server answered the foreign hello: {} bytes",
+        after_retry.len()
+    );
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["kind"], "connect");
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert_eq!(record["reason"], "sni-mismatch", "{record}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.completed(), Vec::<Option<String>>::new());
+}
+
+/// An IP address in the SNI extension is a name like any other: it must be
+/// the CONNECT host (rustls reads it as "no name", which passed before).
+#[test]
+fn an_ip_address_in_the_sni_is_refused_in_a_tunnel_to_a_name() {
+    let canary = Canary::start();
+    let proxy = Proxy::start(&loopback_policy(&[canary.addr.port()], ""), &[]);
+    let named = client_hello(Some("aaaaa.xyz"));
+    let at = named
+        .windows(9)
+        .position(|w| w == b"aaaaa.xyz")
+        .expect("the name is in the hello");
+    let mut hello = named.clone();
+    hello[at..at + 9].copy_from_slice(b"127.0.0.1");
+    let reply = raw_tunnel(&proxy, "allowed.test", canary.addr.port(), &hello);
+    assert!(reply.is_empty(), "{reply:?}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert_eq!(record["reason"], "sni-mismatch", "{record}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(canary.bytes(), 0, "the hello reached the upstream");
+}
+
+/// An Encrypted Client Hello's outer name is not the one the server acts
+/// on: refused in a tunnel the proxy does not intercept.
+#[test]
+fn an_encrypted_client_hello_is_refused_in_a_plain_tunnel() {
+    let canary = Canary::start();
+    let proxy = Proxy::start(&loopback_policy(&[canary.addr.port()], ""), &[]);
+    let plain = client_hello(Some("allowed.test"));
+    let hello = with_extension(&plain, 0xfe0d, &ech_outer_extension());
+    let reply = raw_tunnel(&proxy, "allowed.test", canary.addr.port(), &hello);
+    assert!(reply.is_empty(), "{reply:?}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert_eq!(record["reason"], "encrypted-client-hello", "{record}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(canary.bytes(), 0, "the hello reached the upstream");
+    // Control: the same hello with the same bytes in an extension of no
+    // meaning (so the crafting is sound) is relayed.
+    let unknown = with_extension(&plain, 0x7a7a, &ech_outer_extension());
+    let _ = raw_tunnel(&proxy, "allowed.test", canary.addr.port(), &unknown);
+    assert!(eventually(Duration::from_secs(5), || canary.bytes() > 0));
+}
+
+/// Sends `bytes` into a CONNECT tunnel and returns what comes back until
+/// the tunnel closes (or two seconds pass).
+fn raw_tunnel(proxy: &Proxy, host: &str, port: u16, bytes: &[u8]) -> Vec<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = connect_tunnel(proxy, host, port).await;
+        stream.write_all(bytes).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut reply)).await;
+        reply
+    })
+}
+
 #[test]
 fn a_client_that_waits_out_the_sniff_timeout_cannot_skip_the_sni_check() {
     let canary = Canary::start();

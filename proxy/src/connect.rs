@@ -2,7 +2,8 @@
 //! decision depends on what is inside to interception; for the rest, dial the
 //! upstream before answering (so failures get a real status), check the
 //! client's first bytes — a TLS ClientHello's SNI must name the CONNECT host
-//! (invariant 4) — and relay.
+//! (invariant 4), and so must a second one after a HelloRetryRequest
+//! ([`crate::retry`]) — and relay.
 
 use std::sync::Arc;
 
@@ -12,17 +13,19 @@ use std::sync::atomic::Ordering;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::audit::Kind;
 use crate::context::Conn;
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
+use crate::hello::Hello;
 use crate::host::{Host, HostPort};
 use crate::intercept;
 use crate::policy::Target;
 use crate::respond::{empty, ProxyBody};
+use crate::retry::{self, Stop};
 use crate::sniff::{read_opening, Opening};
 use crate::target::connect_target;
 use crate::tunnel::{relay, relay_tcp, RelayEnd};
@@ -109,14 +112,46 @@ async fn run_tunnel(
         Ok(parts) => {
             let mut client = parts.io.into_inner();
             let mut opening = std::io::Cursor::new(parts.read_buf).chain(&mut client);
-            if !open_tunnel(conn, &mut exchange, &mut opening, &target, &mut upstream).await {
+            let opened =
+                open_tunnel(conn, &mut exchange, &mut opening, &target, &mut upstream).await;
+            let Some(mut pending) = opened else {
+                return;
+            };
+            // What hyper had read that the opening did not need follows it.
+            let (unread, _) = opening.into_inner();
+            let at = usize::try_from(unread.position()).unwrap_or(usize::MAX);
+            pending.extend_from_slice(unread.get_ref().get(at..).unwrap_or_default());
+            if !watch_retry(
+                conn,
+                &mut exchange,
+                &mut client,
+                &mut upstream,
+                &target,
+                pending,
+            )
+            .await
+            {
                 return;
             }
             relay_tcp(client, upstream, counters, idle, stop).await
         }
         Err(upgraded) => {
             let mut client = TokioIo::new(upgraded);
-            if !open_tunnel(conn, &mut exchange, &mut client, &target, &mut upstream).await {
+            let opened =
+                open_tunnel(conn, &mut exchange, &mut client, &target, &mut upstream).await;
+            let Some(pending) = opened else {
+                return;
+            };
+            if !watch_retry(
+                conn,
+                &mut exchange,
+                &mut client,
+                &mut upstream,
+                &target,
+                pending,
+            )
+            .await
+            {
                 return;
             }
             relay(client, upstream, counters, idle, stop).await
@@ -127,60 +162,101 @@ async fn run_tunnel(
     }
 }
 
-/// Reads the client's first bytes, applies the SNI check, and forwards them;
-/// `false` when the tunnel must not go on.
+/// Reads the client's first bytes, applies the SNI check, and forwards the
+/// ClientHello; `None` when the tunnel must not go on, else what the client
+/// sent after it (not yet forwarded).
 async fn open_tunnel<R: AsyncRead + Unpin>(
     conn: &Conn,
     exchange: &mut Exchange,
     client: &mut R,
     target: &HostPort,
     upstream: &mut TcpStream,
-) -> bool {
-    let (opening, first_bytes) = read_opening(client, conn.first_byte_timeout()).await;
-    match check_opening(&opening, target) {
-        Ok(Some(scheme)) => exchange.record().scheme = Some(scheme),
+) -> Option<Vec<u8>> {
+    let (opening, mut read) = read_opening(client, conn.first_byte_timeout()).await;
+    let len = match check_opening(&opening, target) {
+        Ok(Some(len)) => len,
         Ok(None) => {
             tracing::debug!(id = exchange.id(), "CONNECT {target}: client sent nothing");
-            return false;
+            return None;
         }
         Err(reason) => {
             tracing::info!(id = exchange.id(), "CONNECT {target}: refused: {opening}");
             exchange.decide(&Decision::refuse(reason));
-            return false;
+            return None;
         }
-    }
+    };
+    exchange.record().scheme = Some("https");
+    let after = read.split_off(len.min(read.len()));
     exchange
         .counters()
         .up
-        .fetch_add(first_bytes.len() as u64, Ordering::Relaxed);
-    if let Err(e) = upstream.write_all(&first_bytes).await {
+        .fetch_add(read.len() as u64, Ordering::Relaxed);
+    if let Err(e) = upstream.write_all(&read).await {
         tracing::debug!(
             id = exchange.id(),
             "upstream closed before the first bytes: {e}"
         );
-        return false;
+        return None;
     }
-    true
+    Some(after)
 }
 
-/// Invariant 4: a TLS ClientHello's SNI must name the CONNECT host. Returns
-/// the scheme the tunnel carries for the audit record, or `None` when the
-/// client sent nothing: that tunnel is closed, never relayed unchecked.
-fn check_opening(opening: &Opening, target: &HostPort) -> Result<Option<&'static str>, Reason> {
+/// The HelloRetryRequest round, if the server asks for one; `false` when
+/// the tunnel must not go on.
+async fn watch_retry<C: AsyncRead + AsyncWrite + Unpin>(
+    conn: &Conn,
+    exchange: &mut Exchange,
+    client: &mut C,
+    upstream: &mut TcpStream,
+    target: &HostPort,
+    pending: Vec<u8>,
+) -> bool {
+    let counters = exchange.counters();
+    let check = |hello: &Hello| check_hello(hello, target);
+    let timeout = conn.tunnel_idle_timeout();
+    match retry::watch(client, upstream, pending, check, &counters, timeout).await {
+        Ok(()) => true,
+        Err(Stop::Refused(reason, why)) => {
+            tracing::info!(id = exchange.id(), "CONNECT {target}: refused: {why}");
+            exchange.decide(&Decision::refuse(reason));
+            false
+        }
+        Err(Stop::Ended(why)) => {
+            tracing::debug!(id = exchange.id(), "CONNECT {target}: {why}");
+            false
+        }
+    }
+}
+
+/// Invariant 4 on the opening: returns how many bytes the ClientHello
+/// took, or `None` when the client sent nothing: that tunnel is closed,
+/// never relayed unchecked.
+fn check_opening(opening: &Opening, target: &HostPort) -> Result<Option<usize>, Reason> {
     match opening {
-        Opening::Tls { server_name: None } => Ok(Some("https")),
-        Opening::Tls {
-            server_name: Some(name),
-        } => match Host::parse(name) {
-            Ok(host) if host == target.host => Ok(Some("https")),
-            _ => Err(Reason::SniMismatch),
-        },
+        Opening::Tls { hello, len } => check_hello(hello, target).map(|()| Some(*len)),
         // Plain HTTP in a tunnel would carry any Host header past the check
         // that absolute-form requests get (domain fronting on port 80), and
         // every request after the first unseen: tunnels carry TLS only.
         Opening::Opaque => Err(Reason::BadRequest),
         Opening::Silent => Ok(None),
         Opening::MalformedTls(_) => Err(Reason::BadRequest),
+    }
+}
+
+/// Invariant 4: a ClientHello's server name, when it sends one, is the
+/// CONNECT host — an IP address in it only when the CONNECT target is that
+/// address. An Encrypted Client Hello is refused: its outer name is not
+/// necessarily the one the server acts on.
+fn check_hello(hello: &Hello, target: &HostPort) -> Result<(), Reason> {
+    if hello.encrypted {
+        return Err(Reason::EncryptedClientHello);
+    }
+    match &hello.server_name {
+        None => Ok(()),
+        Some(name) => match Host::parse(name) {
+            Ok(host) if host == target.host => Ok(()),
+            _ => Err(Reason::SniMismatch),
+        },
     }
 }
 
@@ -194,42 +270,67 @@ mod tests {
 
     fn tls(name: &str) -> Opening {
         Opening::Tls {
-            server_name: Some(name.into()),
+            hello: Hello {
+                server_name: Some(name.into()),
+                encrypted: false,
+            },
+            len: 100,
         }
     }
 
     #[test]
     fn sni_must_name_the_connect_host_after_normalisation() {
         let t = target("api.example.com:443");
+        assert_eq!(check_opening(&tls("api.example.com"), &t), Ok(Some(100)));
+        assert_eq!(check_opening(&tls("API.Example.com."), &t), Ok(Some(100)));
+        for other in ["evil.example", "example.com", "not a name", "", "127.0.0.1"] {
+            assert_eq!(
+                check_opening(&tls(other), &t),
+                Err(Reason::SniMismatch),
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ip_address_in_the_sni_passes_only_for_a_tunnel_to_that_address() {
+        let ip = target("127.0.0.1:443");
+        assert_eq!(check_opening(&tls("127.0.0.1"), &ip), Ok(Some(100)));
         assert_eq!(
-            check_opening(&tls("api.example.com"), &t),
-            Ok(Some("https"))
-        );
-        assert_eq!(
-            check_opening(&tls("API.Example.com."), &t),
-            Ok(Some("https"))
-        );
-        assert_eq!(
-            check_opening(&tls("evil.example"), &t),
+            check_opening(&tls("127.0.0.2"), &ip),
             Err(Reason::SniMismatch)
         );
         assert_eq!(
-            check_opening(&tls("example.com"), &t),
+            check_opening(&tls("localhost"), &ip),
             Err(Reason::SniMismatch)
         );
+        let v6 = target("[::1]:443");
+        assert_eq!(check_opening(&tls("::1"), &v6), Ok(Some(100)));
+    }
+
+    #[test]
+    fn an_encrypted_client_hello_is_refused_whatever_its_outer_name() {
+        let hello = Hello {
+            server_name: Some("api.example.com".into()),
+            encrypted: true,
+        };
         assert_eq!(
-            check_opening(&tls("not a name"), &t),
-            Err(Reason::SniMismatch)
+            check_hello(&hello, &target("api.example.com:443")),
+            Err(Reason::EncryptedClientHello)
         );
     }
 
     #[test]
-    fn no_sni_and_non_tls_pass_malformed_tls_and_silence_do_not() {
+    fn no_sni_passes_non_tls_malformed_tls_and_silence_do_not() {
         let t = target("a.example:443");
-        assert_eq!(
-            check_opening(&Opening::Tls { server_name: None }, &t),
-            Ok(Some("https"))
-        );
+        let anonymous = Opening::Tls {
+            hello: Hello {
+                server_name: None,
+                encrypted: false,
+            },
+            len: 7,
+        };
+        assert_eq!(check_opening(&anonymous, &t), Ok(Some(7)));
         assert_eq!(check_opening(&Opening::Opaque, &t), Err(Reason::BadRequest));
         assert_eq!(check_opening(&Opening::Silent, &t), Ok(None));
         assert_eq!(

@@ -20,6 +20,7 @@ pub enum Reason {
     PortNotAllowed,
     InternalAddress,
     SniMismatch,
+    EncryptedClientHello,
     HostMismatch,
     BadRequest,
     ResolveFailed,
@@ -38,6 +39,7 @@ impl Reason {
             Reason::PortNotAllowed => "port-not-allowed",
             Reason::InternalAddress => "internal-address",
             Reason::SniMismatch => "sni-mismatch",
+            Reason::EncryptedClientHello => "encrypted-client-hello",
             Reason::HostMismatch => "host-mismatch",
             Reason::BadRequest => "bad-request",
             Reason::ResolveFailed => "resolve-failed",
@@ -56,6 +58,9 @@ impl Reason {
             Reason::PortNotAllowed => "port not allowed for this host",
             Reason::InternalAddress => "host resolves to an internal address",
             Reason::SniMismatch => "TLS server name differs from the CONNECT host",
+            Reason::EncryptedClientHello => {
+                "TLS hello hides its server name (Encrypted Client Hello); tunnels without interception need it in the clear"
+            }
             Reason::HostMismatch => "Host header differs from the request target",
             Reason::BadRequest => "malformed proxy request",
             Reason::ResolveFailed => "could not resolve host",
@@ -200,6 +205,7 @@ mod tests {
             (Reason::PortNotAllowed, "port-not-allowed"),
             (Reason::InternalAddress, "internal-address"),
             (Reason::SniMismatch, "sni-mismatch"),
+            (Reason::EncryptedClientHello, "encrypted-client-hello"),
             (Reason::HostMismatch, "host-mismatch"),
             (Reason::BadRequest, "bad-request"),
             (Reason::ResolveFailed, "resolve-failed"),

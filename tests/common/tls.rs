@@ -205,3 +205,122 @@ pub fn client_hello(sni: Option<&str>) -> Vec<u8> {
     connection.write_tls(&mut hello).unwrap();
     hello
 }
+
+/// A loopback TLS server (self-signed for `names`) that supports only the
+/// P-384 key exchange, so a rustls client, which offers an X25519 key share
+/// first, is asked to say hello again (HelloRetryRequest). It records the
+/// server name of every handshake it completes.
+pub struct RetryingTlsServer {
+    pub addr: SocketAddr,
+    pub completed: Arc<Mutex<Vec<Option<String>>>>,
+    pub ca_pem: PathBuf,
+    _scratch: Scratch,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl RetryingTlsServer {
+    pub fn start(names: &[&str]) -> RetryingTlsServer {
+        let scratch = Scratch::new("tls-retry");
+        let key = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let ca_pem = scratch.write("self-signed.pem", &key.cert.pem());
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.kx_groups = vec![rustls::crypto::ring::kx_group::SECP384R1];
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (runtime, listener, addr) = loopback_server();
+        let completed = Arc::new(Mutex::new(Vec::new()));
+        let record = completed.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, record) = (acceptor.clone(), record.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        let name = tls.get_ref().1.server_name().map(str::to_owned);
+                        record.lock().unwrap().push(name);
+                    }
+                });
+            }
+        });
+        RetryingTlsServer {
+            addr,
+            completed,
+            ca_pem,
+            _scratch: scratch,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn completed(&self) -> Vec<Option<String>> {
+        self.completed.lock().unwrap().clone()
+    }
+}
+
+/// A ClientHello naming `sni` whose only key share is P-384: what a client
+/// sends after a HelloRetryRequest from [`RetryingTlsServer`].
+pub fn retried_client_hello(sni: &str) -> Vec<u8> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![rustls::crypto::ring::kx_group::SECP384R1];
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// `hello` (one record holding one ClientHello) with an extension of type
+/// `kind` holding `payload` added at the end of its extensions, lengths
+/// fixed.
+pub fn with_extension(hello: &[u8], kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut at = 5 + 4 + 2 + 32; // record and handshake headers, version, random
+    at += 1 + usize::from(hello[at]); // session id
+    at += 2 + usize::from(u16::from_be_bytes([hello[at], hello[at + 1]])); // cipher suites
+    at += 1 + usize::from(hello[at]); // compression methods
+    let mut out = hello.to_vec();
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(payload);
+    let added = 4 + payload.len();
+    let grow = |bytes: &mut [u8], by: usize| {
+        let mut value = 0usize;
+        for b in bytes.iter() {
+            value = value << 8 | usize::from(*b);
+        }
+        value += by;
+        for (i, b) in bytes.iter_mut().rev().enumerate() {
+            *b = (value >> (8 * i)) as u8;
+        }
+    };
+    grow(&mut out[3..5], added);
+    grow(&mut out[6..9], added);
+    grow(&mut out[at..at + 2], added);
+    out
+}
+
+/// An outer ECHClientHello (draft-ietf-tls-esni-22 §5): type outer, HKDF-
+/// SHA256 with AES-128-GCM, config 42, a 32-byte enc and a 16-byte payload.
+pub fn ech_outer_extension() -> Vec<u8> {
+    let mut ech = vec![0, 0x00, 0x01, 0x00, 0x01, 42, 0, 32];
+    ech.extend_from_slice(&[7; 32]);
+    ech.extend_from_slice(&[0, 16]);
+    ech.extend_from_slice(&[9; 16]);
+    ech
+}
