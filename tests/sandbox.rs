@@ -984,11 +984,9 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// The sandbox's PID 1 (host PID).
 fn init_of(tollgate: u32) -> Option<u32> {
-    // tollgate -> the stage (a fresh exec of tollgate) -> PID 1 (its fork).
-    let stage = children(tollgate).into_iter().find(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split('\0').nth(1) == Some("__sandbox"))
-    })?;
+    // tollgate exec -> the stage (its one child: a fork of it) -> PID 1 (a
+    // fork of the stage).
+    let stage = children(tollgate).into_iter().next()?;
     children(stage).into_iter().next()
 }
 
@@ -1395,6 +1393,24 @@ fn seccomp_refuses_every_dangerous_call_on_the_list() {
     assert!(out.stdout.contains("USERADD 0"), "{out:#?}");
 }
 
+/// Rust's runtime ignores SIGPIPE in tollgate itself, and the stage may be
+/// a fork of it; the command must not inherit that (an ignored signal stays
+/// ignored across exec).
+#[test]
+fn the_command_does_not_inherit_ignored_sigpipe() {
+    require_root!();
+    let out = bash(&["--policy", "off"], "grep SigIgn /proc/$$/status");
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let mask = out
+        .stdout
+        .trim()
+        .strip_prefix("SigIgn:")
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn line: {out:#?}"));
+    const SIGPIPE: u32 = 13;
+    assert_eq!(mask & 1 << (SIGPIPE - 1), 0, "SIGPIPE ignored: {mask:#x}");
+}
+
 /// The stage starts before the policy is read (it makes the network
 /// namespace meanwhile): when the policy is bad, it is killed, and its run
 /// directory removed.
@@ -1413,9 +1429,12 @@ fn a_sandbox_that_never_starts_leaves_no_stage_behind() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("missing.yaml"), "{stderr}");
-    // (Scratch paths hold no regex metacharacters.)
-    let stage = format!("__sandbox {}", tmp.path("").display());
-    assert!(pgrep(&stage).is_empty(), "a stage survived");
+    // The stage is a fork of tollgate (same command line) or an exec of it
+    // with the control socket's path under TMPDIR: either way its command
+    // line names this test's scratch directory, which holds no regex
+    // metacharacters.
+    let scratch = tmp.path("").display().to_string();
+    assert!(pgrep(&scratch).is_empty(), "a stage survived");
     let left: Vec<_> = std::fs::read_dir(tmp.path(""))
         .unwrap()
         .flatten()

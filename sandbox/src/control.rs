@@ -9,7 +9,6 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -19,6 +18,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 
+use crate::stage_process::StageProcess;
 use crate::sys;
 use crate::SandboxError;
 
@@ -74,7 +74,7 @@ impl ControlListener {
     }
 
     /// Waits for the stage to connect, as long as it runs.
-    pub fn accept(&self, stage: &mut Child) -> Result<Control, SandboxError> {
+    pub fn accept(&self, stage: &mut StageProcess) -> Result<Control, SandboxError> {
         wait_readable(&self.0, stage)?;
         let fd = accept4(self.0.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(
             SandboxError::setup("accept the sandbox's control connection"),
@@ -123,7 +123,7 @@ impl Control {
     }
 
     /// The next message; `None` when the other side closed.
-    pub fn recv(&self, stage: Option<&mut Child>) -> Result<Option<Message>, SandboxError> {
+    pub fn recv(&self, stage: Option<&mut StageProcess>) -> Result<Option<Message>, SandboxError> {
         if let Some(stage) = stage {
             wait_readable(&self.0, stage)?;
         }
@@ -184,7 +184,7 @@ fn seqpacket() -> Result<OwnedFd, Errno> {
 
 /// Waits until `fd` is readable; fails once the stage has exited (it
 /// reported why on standard error) or after [`STARTUP_LIMIT`].
-fn wait_readable(fd: &OwnedFd, stage: &mut Child) -> Result<(), SandboxError> {
+fn wait_readable(fd: &OwnedFd, stage: &mut StageProcess) -> Result<(), SandboxError> {
     let started = Instant::now();
     loop {
         let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)];
@@ -193,8 +193,8 @@ fn wait_readable(fd: &OwnedFd, stage: &mut Child) -> Result<(), SandboxError> {
             Ok(_) => return Ok(()),
             Err(e) => return Err(SandboxError::setup("wait for the sandbox's stage")(e)),
         }
-        if let Ok(Some(status)) = stage.try_wait() {
-            return Err(SandboxError::Stage(status.code().unwrap_or(125)));
+        if let Some(status) = stage.try_wait()? {
+            return Err(SandboxError::Stage(status));
         }
         if started.elapsed() > STARTUP_LIMIT {
             return Err(SandboxError::Thread("did not start within 30 s"));

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -17,7 +17,7 @@ use crate::control::{Control, ControlListener, Message};
 use crate::ids::{self, IdMapping};
 use crate::pty::{self, Relay, Terminals};
 use crate::spec::{Console, Handoff, Spec};
-use crate::stage::STAGE_ARG;
+use crate::stage_process::{StageProcess, Stream};
 use crate::{stdio, sys, SandboxError};
 
 /// How the sandboxed command ended, in the shell's convention.
@@ -99,9 +99,9 @@ pub enum Output {
 /// The standard streams the stage gets, and the relay of a terminal made
 /// for the sandbox.
 struct Streams {
-    stdin: Stdio,
-    stdout: Stdio,
-    stderr: Stdio,
+    stdin: Stream,
+    stdout: Stream,
+    stderr: Stream,
     master: Option<(OwnedFd, Terminals)>,
     console: Option<Console>,
 }
@@ -114,9 +114,9 @@ impl Output {
         };
         match self {
             Output::Pipe(fd) => Ok(Streams {
-                stdin: Stdio::null(),
-                stdout: Stdio::from(clone(&fd)?),
-                stderr: Stdio::from(fd),
+                stdin: Stream::Null,
+                stdout: Stream::Fd(clone(&fd)?),
+                stderr: Stream::Fd(fd),
                 master: None,
                 console: None,
             }),
@@ -125,20 +125,20 @@ impl Output {
                 let terminals = Terminals::of_caller();
                 if !terminals.any() {
                     return Ok(Streams {
-                        stdin: Stdio::inherit(),
-                        stdout: Stdio::inherit(),
-                        stderr: Stdio::inherit(),
+                        stdin: Stream::Inherit,
+                        stdout: Stream::Inherit,
+                        stderr: Stream::Inherit,
                         master: None,
                         console: None,
                     });
                 }
                 let owner = (ids.host_root_uid(), ids.host_root_gid());
                 let (master, slave, path) = pty::open(terminals, owner)?;
-                let pick = |tty: bool| -> Result<Stdio, SandboxError> {
+                let pick = |tty: bool| -> Result<Stream, SandboxError> {
                     Ok(if tty {
-                        Stdio::from(clone(&slave)?)
+                        Stream::Fd(clone(&slave)?)
                     } else {
-                        Stdio::inherit()
+                        Stream::Inherit
                     })
                 };
                 Ok(Streams {
@@ -172,14 +172,14 @@ pub struct Starting {
 /// stage if it still runs — PID 1 and the whole sandbox go with it
 /// (parent-death signals) — reaps it, and removes the directory.
 struct Stage {
-    process: Child,
+    process: StageProcess,
     run_dir: RunDir,
 }
 
 impl Drop for Stage {
     fn drop(&mut self) {
         // Once reaped, kill() sends nothing.
-        let _ = self.process.kill();
+        self.process.kill();
         let _ = self.process.wait();
     }
 }
@@ -194,14 +194,10 @@ impl Sandbox {
         let run_dir = RunDir(private_run_dir()?);
         let control_path = run_dir.0.join("control");
         let control = ControlListener::bind(&control_path)?;
-        let process = Command::new("/proc/self/exe")
-            .arg(STAGE_ARG)
-            .arg(&control_path)
-            .stdin(streams.stdin)
-            .stdout(streams.stdout)
-            .stderr(streams.stderr)
-            .spawn()
-            .map_err(SandboxError::io("start the sandbox"))?;
+        let process = StageProcess::start(
+            &control_path,
+            [streams.stdin, streams.stdout, streams.stderr],
+        )?;
         remove_stale_run_dirs();
         Ok(Starting {
             stage: Stage { process, run_dir },
@@ -225,13 +221,7 @@ impl Sandbox {
         let code = match self.control.recv(None) {
             Ok(Some(Message::Exited(code))) => i32::try_from(code).unwrap_or(1),
             // It failed (it said why on standard error) or was killed.
-            _ => self
-                .stage
-                .process
-                .wait()
-                .map_err(SandboxError::io("wait for the sandbox"))?
-                .code()
-                .unwrap_or(137),
+            _ => self.stage.process.wait()?,
         };
         if let Some(terminal) = self.terminal.take() {
             terminal.finish();
@@ -295,7 +285,7 @@ impl Starting {
 /// (rootless with a subordinate range), PID 1's pid, or why it failed.
 fn follow_start(
     control: &Control,
-    stage: &mut Child,
+    stage: &mut StageProcess,
     ids: &IdMapping,
 ) -> Result<(TcpListener, Pid), SandboxError> {
     let mut listener = None;
@@ -313,10 +303,7 @@ fn follow_start(
             }
             Some(Message::Failed(why)) => return Err(SandboxError::StageFailed(why)),
             Some(Message::Mapped(_) | Message::Handoff(_) | Message::Exited(_)) | None => {
-                let status = stage
-                    .wait()
-                    .map_err(SandboxError::io("wait for the sandbox"))?;
-                return Err(SandboxError::Stage(status.code().unwrap_or(125)));
+                return Err(SandboxError::Stage(stage.wait()?));
             }
         }
     }

@@ -42,6 +42,7 @@ mod seccomp;
 mod spec;
 mod split_root;
 mod stage;
+mod stage_process;
 mod stdio;
 mod sys;
 

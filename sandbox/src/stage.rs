@@ -1,6 +1,7 @@
-//! The sandbox's stage: the process the host side starts (a fresh exec of
-//! this binary, so single-threaded, which unshare(CLONE_NEWUSER) and fork
-//! need). It creates the sandbox's network namespace while the host side
+//! The sandbox's stage: the process the host side starts (a fork of a
+//! single-threaded caller, or a fresh exec of this binary: single-threaded
+//! either way, which unshare(CLONE_NEWUSER) and fork need;
+//! [`crate::stage_process`]). It creates the sandbox's network namespace while the host side
 //! still prepares the spec, then receives the spec, binds the proxy's
 //! listener inside the network namespace and hands it to the host side,
 //! creates the other namespaces, forks PID 1 of the new PID namespace
@@ -16,7 +17,7 @@ use std::io::Write;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -46,22 +47,29 @@ pub fn enter_if_requested() -> Option<ExitCode> {
     if args.next()? != STAGE_ARG {
         return None;
     }
-    let control = match Control::connect(&PathBuf::from(args.next()?)) {
+    let code = run_at(Path::new(&args.next()?));
+    Some(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Runs the stage, connected to the host side's control socket at
+/// `control`; its exit status.
+pub(crate) fn run_at(control: &Path) -> i32 {
+    let control = match Control::connect(control) {
         Ok(control) => control,
-        Err(e) => return Some(failed(&e)),
+        Err(e) => return failed(&e),
     };
-    Some(match run(&control) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+    match run(&control) {
+        Ok(code) => code,
         Err(e) => {
             let _ = control.send(&Message::Failed(e.to_string()));
             failed(&e)
         }
-    })
+    }
 }
 
-fn failed(error: &SandboxError) -> ExitCode {
+fn failed(error: &SandboxError) -> i32 {
     let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {error}");
-    ExitCode::from(SETUP_FAILED)
+    i32::from(SETUP_FAILED)
 }
 
 fn run(control: &Control) -> Result<i32, SandboxError> {

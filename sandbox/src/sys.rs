@@ -108,9 +108,19 @@ pub fn close_on_exec_above_stderr() -> Result<(), Errno> {
     Errno::result(result).map(drop)
 }
 
-/// fork(2), refused unless this process has one thread: the sandbox's
-/// stage and PID 1, which start as a fresh exec of this binary and never
-/// start a thread. (Forking a multi-threaded process leaves locks other
+/// Closes every descriptor above stderr: a forked stage keeps nothing of
+/// its caller's but its standard streams.
+pub fn close_above_stderr() -> Result<(), Errno> {
+    // SAFETY: close_range(2) takes plain integers; the caller owns nothing
+    // above stderr it still uses (it is the freshly forked stage, which
+    // opens its own descriptors only after this).
+    let result = unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
+    Errno::result(result).map(drop)
+}
+
+/// fork(2), refused (EDEADLK) unless this process has one thread: the
+/// caller of a sandbox before it starts any (`tollgate exec`), the stage
+/// and PID 1, which never start one. (Forking a multi-threaded process leaves locks other
 /// threads held locked forever in the child.)
 pub fn fork_single_threaded() -> Result<ForkResult, Errno> {
     if !single_threaded() {
