@@ -164,22 +164,21 @@ impl Enclave {
             } => stop_when_asked(init, waiting, timeout, cancel, grace).await,
         };
         // Every process of the sandbox is gone; the kernel may still be
-        // unmounting its namespace (`teardown`) while we shut down.
+        // unmounting its namespace (`teardown`). The cgroups can go once the
+        // stage has left them (emptying and removing them may take a moment
+        // of retries): on another thread, while the proxy shuts down.
         let (ended, teardown) = match ended {
             Ok((ended, teardown)) => (Ok(ended), Some(teardown)),
             Err(e) => (Err(e), None),
         };
-        proxy.shutdown().await;
-        proxy.audit().sync(Duration::from_secs(5));
         let oom_killed = cgroup.oom_killed();
-        // The cgroups can go once the stage has left them; emptying and
-        // removing them may take a moment of retries.
-        tokio::task::spawn_blocking(move || {
+        let removed = tokio::task::spawn_blocking(move || {
             drop(teardown);
             drop(cgroup);
-        })
-        .await
-        .map_err(|_| EnclaveError::Waiter)?;
+        });
+        proxy.shutdown().await;
+        proxy.audit().sync(Duration::from_secs(5));
+        removed.await.map_err(|_| EnclaveError::Waiter)?;
         ended.map(|ended| Ended {
             oom_killed,
             ..ended
