@@ -7,7 +7,8 @@
 //! - the host side ([`Sandbox::prepare`], launch.rs) starts the stage,
 //!   hands it the spec in a sealed memfd once it is ready, and serves the
 //!   control socket;
-//! - the stage (stage.rs), a fresh exec of this binary, creates the
+//! - the stage (stage.rs), a fork of a single-threaded caller or a fresh
+//!   exec of this binary (stage_process.rs), creates the
 //!   network namespace (meanwhile: binding the proxy's listener in it and
 //!   handing it back once the spec came), the mount, PID, IPC, UTS and
 //!   cgroup namespaces — after a user namespace of its own when rootless —

@@ -34,7 +34,7 @@ impl CgroupDir {
     /// v1, `tasks`: moving one thread skips the global threadgroup lock
     /// that a write to `cgroup.procs` takes, whose RCU grace period cost
     /// 15 ms per sandbox here (strace of `tollgate exec -- /bin/true`); the
-    /// stage is a fresh exec with one thread, so the thread is the process.
+    /// stage has one thread (stage_process.rs), so the thread is the process.
     pub(super) fn join_file(&self) -> PathBuf {
         match self.version {
             Version::V1 => self.path.join("tasks"),
