@@ -447,6 +447,50 @@ fn idle_intercepted_connections_are_closed() {
 }
 
 // ---------------------------------------------------------------------------
+/// Frameworks upper-case methods and some servers route paths in any
+/// case: `delete` and `/Admin` must not pass rules on `DELETE` and `/admin`,
+/// over HTTP/1.1 or HTTP/2.
+#[test]
+fn method_and_path_spellings_do_not_dodge_deny_rules() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let policy = format!(
+        "version: 1\nmode: limited\nallow:\n  - host: allowed.test\n    ports: [{port}]\n\
+         deny:\n  - host: allowed.test\n    methods: [DELETE]\n  - host: allowed.test\n    paths: [\"/admin/**\"]\n\
+         hosts: {{allowed.test: 127.0.0.1}}\nallow_internal: [127.0.0.1/32]\n",
+        port = upstream.port()
+    );
+    let proxy = Proxy::start(
+        &policy,
+        &[
+            "--ca-dir",
+            ca.dir().to_str().unwrap(),
+            "--upstream-ca",
+            upstream.ca_pem.to_str().unwrap(),
+        ],
+    );
+    let url = |path: &str| format!("https://allowed.test:{}{path}", upstream.port());
+    for version in ["--http1.1", "--http2"] {
+        for (method, path, status, reason) in [
+            ("delete", "/x", 400, "bad-request"),
+            ("GET", "/Admin/users", 403, "denylisted"),
+            ("GET", "/admin./users", 403, "denylisted"),
+            ("GET", "/admin%20/users", 403, "denylisted"),
+        ] {
+            let r = https(&ca, &proxy, version, &["-X", method], &url(path));
+            assert_eq!(r.status, status, "{version} {method} {path}: {r:?}");
+            assert_eq!(
+                r.header("x-tollgate-reason").as_deref(),
+                Some(reason),
+                "{version} {method} {path}"
+            );
+        }
+    }
+    assert_eq!(upstream.hits(), 0, "a refused request reached the upstream");
+    let r = https(&ca, &proxy, "--http1.1", &[], &url("/administrator"));
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 // Helpers of this file
 
 /// A policy with method and path rules for allowed.test and 127.0.0.1,

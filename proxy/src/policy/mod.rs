@@ -173,7 +173,14 @@ impl Policy {
     }
 
     /// Decides a plain HTTP request (or one read inside an intercepted tunnel).
+    /// A method with a lower-case letter is refused as `bad-request`: methods
+    /// are case-sensitive (RFC 9110 §9.1) and every registered one is upper
+    /// case, but frameworks upper-case what they receive, so `delete` would
+    /// be a DELETE that a `DELETE` rule does not see.
     pub fn decide_request(&self, target: Target<'_>, method: &Method, path: &str) -> Decision {
+        if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return self.enforce(Verdict::Deny(Reason::BadRequest));
+        }
         let request = HttpParts {
             method,
             path: RequestPath::classify(path),
@@ -434,8 +441,8 @@ fn compile(origin: &str, file: PolicyFile, allow_prefix: &str) -> Result<Policy,
         origin: Arc::from(origin),
         mode: file.mode,
         enforce: file.enforce,
-        allow: build_rule_set(allow).map_err(invalid)?,
-        deny: build_rule_set(deny).map_err(invalid)?,
+        allow: build_rule_set(allow, PathCase::Exact).map_err(invalid)?,
+        deny: build_rule_set(deny, PathCase::Ignored).map_err(invalid)?,
         methods: file.methods.map(|m| m.0.into_iter().map(|m| m.0).collect()),
         default_ports: file.ports.map_or(DEFAULT_PORTS.to_vec(), |ports| {
             ports.0.into_iter().map(u16::from).collect()
@@ -475,7 +482,17 @@ fn builtin_file(name: &str) -> Result<PolicyFile, PolicyError> {
     serde_yaml::from_str(text).map_err(|e| syntax_error(&format!("builtin:{name}"), &e))
 }
 
-fn build_rule_set(specs: Vec<NamedSpec>) -> Result<RuleSet, String> {
+/// How a rule set's path globs treat letter case: allow rules exactly (a
+/// path in another case is not allowed), deny rules in any case (some
+/// servers route `/Admin` where the rule says `/admin`). Either way a rule
+/// that could be dodged fails closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathCase {
+    Exact,
+    Ignored,
+}
+
+fn build_rule_set(specs: Vec<NamedSpec>, case: PathCase) -> Result<RuleSet, String> {
     let mut names = GlobSetBuilder::new();
     let mut glob_rule = Vec::new();
     let mut ips: HashMap<IpAddr, Vec<usize>> = HashMap::new();
@@ -488,7 +505,7 @@ fn build_rule_set(specs: Vec<NamedSpec>) -> Result<RuleSet, String> {
             names.add(separator_glob(&glob).map_err(|e| format!("rule {name}: {e}"))?);
             glob_rule.push(index);
         }
-        rules.push(compile_rule(name, spec)?);
+        rules.push(compile_rule(name, spec, case)?);
     }
     Ok(RuleSet {
         rules,
@@ -498,13 +515,18 @@ fn build_rule_set(specs: Vec<NamedSpec>) -> Result<RuleSet, String> {
     })
 }
 
-fn compile_rule(name: String, spec: RuleSpec) -> Result<Rule, String> {
+fn compile_rule(name: String, spec: RuleSpec, case: PathCase) -> Result<Rule, String> {
     let paths = match spec.paths {
         None => None,
         Some(patterns) => {
             let mut set = GlobSetBuilder::new();
             for pattern in patterns {
-                set.add(pattern.glob().clone());
+                set.add(match case {
+                    PathCase::Exact => pattern.glob().clone(),
+                    PathCase::Ignored => pattern
+                        .glob_ignoring_case()
+                        .map_err(|e| format!("rule {name}: {e}"))?,
+                });
             }
             Some(set.build().map_err(|e| format!("rule {name}: {e}"))?)
         }
@@ -553,5 +575,7 @@ fn syntax_error(origin: &str, error: &serde_yaml::Error) -> PolicyError {
     }
 }
 
+#[cfg(test)]
+mod request_tests;
 #[cfg(test)]
 mod tests;

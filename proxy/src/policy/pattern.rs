@@ -166,6 +166,14 @@ impl PathPattern {
     pub(crate) fn glob(&self) -> &Glob {
         &self.glob
     }
+
+    /// The same glob, matching paths in any letter case (deny rules).
+    pub(crate) fn glob_ignoring_case(&self) -> Result<Glob, globset::Error> {
+        GlobBuilder::new(&self.text)
+            .literal_separator(true)
+            .case_insensitive(true)
+            .build()
+    }
 }
 
 impl fmt::Display for PathPattern {
