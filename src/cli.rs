@@ -123,6 +123,12 @@ pub struct ExecArgs {
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
 
+    /// When the audit log cannot be written (a full disk): `closed` refuses
+    /// new requests with 503 audit-unavailable until it can; `open` lets
+    /// them through unrecorded.
+    #[arg(long, value_name = "closed|open", default_value = "closed")]
+    pub audit_fail: AuditFail,
+
     /// CA directory for TLS interception (default: the state dir's CA, if any).
     #[arg(long, value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
@@ -233,6 +239,12 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "PATH|-", default_value = "-")]
     pub audit_log: String,
 
+    /// When the audit log cannot be written (a full disk): `closed` refuses
+    /// new requests with 503 audit-unavailable until it can; `open` lets
+    /// them through unrecorded.
+    #[arg(long, value_name = "closed|open", default_value = "closed")]
+    pub audit_fail: AuditFail,
+
     /// CA directory (ca.crt, ca.key) for TLS interception, needed by policies
     /// with `methods` or `paths`. Default: certs/ under the state dir, if a
     /// CA is there.
@@ -295,4 +307,21 @@ pub struct EvalArgs {
     /// URLs (http:// or https://).
     #[arg(required = true, value_name = "URL")]
     pub urls: Vec<String>,
+}
+
+/// What the proxy does while its audit log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditFail {
+    Closed,
+    Open,
+}
+
+impl AuditFail {
+    /// `log`, failing as chosen.
+    pub fn apply(self, log: tollgate_proxy::audit::AuditLog) -> tollgate_proxy::audit::AuditLog {
+        match self {
+            AuditFail::Closed => log,
+            AuditFail::Open => log.fail_open(),
+        }
+    }
 }

@@ -463,6 +463,113 @@ fn a_tls_client_hello_for_another_host_inside_an_allowed_connect_is_refused() {
     assert!(canary.bytes() > 0, "matching SNI was not relayed");
 }
 
+/// A small tmpfs mounted for a test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tollgate-test",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs on {}", dir.display());
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// When the audit log cannot be written (a full disk), the proxy refuses
+/// new requests (503 audit-unavailable) instead of serving them unrecorded,
+/// says so on stderr, and serves again once there is room; every request it
+/// did let through is in the log then.
+#[test]
+fn a_full_disk_under_the_audit_log_fails_closed_until_there_is_room() {
+    require_root!();
+    let upstream = Upstream::start();
+    let scratch = Scratch::new("audit-full");
+    let disk = SmallDisk::mount(scratch.path("disk"), "64k");
+    let policy = scratch.write("policy.yaml", &loopback_policy(&[upstream.port()], ""));
+    let audit = disk.0.join("audit.jsonl");
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["proxy", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&audit)
+        .args(["--listen", "127.0.0.1:0"]);
+    let proxy = Proxy::spawn(&mut command, Scratch::new("proxy"), audit.clone());
+    let url = allowed_url(&upstream, "/x");
+    assert_eq!(curl_via(&proxy, &[&url]).status, 200);
+
+    let filler = disk.0.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let refused = eventually(Duration::from_secs(10), || {
+        curl_via(&proxy, &[&url]).status == 503
+    });
+    assert!(refused, "never refused; stderr: {}", proxy.stderr());
+    let r = curl_via(&proxy, &[&url]);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("audit"), "{r:?}");
+    assert!(
+        proxy.stderr().contains("audit log write failed"),
+        "{}",
+        proxy.stderr()
+    );
+    let served = upstream.hits();
+    for _ in 0..5 {
+        assert_eq!(curl_via(&proxy, &[&url]).status, 503);
+    }
+    assert_eq!(upstream.hits(), served, "served while it could not record");
+
+    std::fs::remove_file(&filler).unwrap();
+    let back = eventually(Duration::from_secs(10), || {
+        curl_via(&proxy, &[&url]).status == 200
+    });
+    assert!(back, "never served again; stderr: {}", proxy.stderr());
+    assert!(
+        eventually(Duration::from_secs(3), || proxy
+            .stderr()
+            .contains("writable again")),
+        "{}",
+        proxy.stderr()
+    );
+    let hits = upstream.hits();
+    let recorded = |records: &[serde_json::Value]| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "http" && r["decision"] == "allow")
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || recorded(&read_audit(&audit))
+            == hits),
+        "{hits} requests reached the upstream, {} allow records",
+        recorded(&read_audit(&audit))
+    );
+    let refusals = read_audit(&audit)
+        .iter()
+        .filter(|r| r["reason"] == "audit-unavailable")
+        .count();
+    assert!(refusals >= 6, "{refusals} refusals recorded");
+}
+
 /// TLS 1.3 lets the server ask for a second ClientHello (HelloRetryRequest).
 /// A client that names the same host in it gets through, as it should.
 #[test]

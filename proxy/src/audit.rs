@@ -7,16 +7,25 @@
 //! never interleave. The queue is
 //! bounded and senders wait when it is full: records are never dropped.
 //!
+//! When the log cannot be written (a full disk, an I/O error) the writer
+//! keeps the lines it could not write, says so on standard error, and retries
+//! every [`RETRY_INTERVAL`]; meanwhile [`AuditLog::refuses_requests`] is true
+//! and the proxy answers new requests 503 `audit-unavailable` (fail closed),
+//! unless the log was opened with [`AuditLog::fail_open`]. The records of
+//! those refusals are kept too, up to [`MAX_HELD_REFUSALS`]; past that they
+//! are counted, and the count is reported when writing works again.
+//!
 //! Nothing from headers or bodies is ever recorded, nor the query string of a
 //! URL (where tokens travel): only the path.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +42,13 @@ const QUEUE_RECORDS: usize = 16 * 1024;
 /// it per record (a futex wake and a context switch each, measured at ~10%
 /// of the proxy's CPU). Records still reach the file within a few ms.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// How often a failing log is tried again.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
+/// Refusal records held while the log cannot be written: a client that
+/// keeps asking during an outage must not grow our memory without bound
+/// (about 300 bytes each, so at most 20 MiB). Records of anything the proxy
+/// let through are always held.
+pub const MAX_HELD_REFUSALS: usize = 64 * 1024;
 
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -134,9 +150,20 @@ fn reason<S: serde::Serializer>(r: &Option<Reason>, s: S) -> Result<S::Ok, S::Er
 }
 
 enum Message {
-    Line(Vec<u8>),
+    /// A record; `refusal`: of a request refused because the log could not
+    /// be written (such records may be counted instead of held).
+    Line {
+        line: Vec<u8>,
+        refusal: bool,
+    },
     Reopen,
     Sync(SyncSender<()>),
+}
+
+/// Whether the writer is failing, shared with every handle.
+#[derive(Debug, Default)]
+struct Health {
+    failing: AtomicBool,
 }
 
 /// Called with every record as it is written (a run streams decisions to
@@ -151,6 +178,8 @@ pub type Redact = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 #[derive(Clone)]
 pub struct AuditLog {
     queue: SyncSender<Message>,
+    health: Arc<Health>,
+    fail_open: bool,
     ids: Arc<IdSource>,
     redact: Option<Redact>,
     observer: Option<Observer>,
@@ -168,12 +197,23 @@ impl AuditLog {
     pub fn open(target: AuditTarget) -> Result<AuditLog, AuditError> {
         let sink = Sink::open(&target)?;
         let (queue, inbox) = sync_channel(QUEUE_RECORDS);
+        let health = Arc::new(Health::default());
+        let writer = Writer {
+            sink,
+            target,
+            health: health.clone(),
+            held: VecDeque::new(),
+            held_refusals: 0,
+            uncounted_refusals: 0,
+        };
         std::thread::Builder::new()
             .name("tollgate-audit".into())
-            .spawn(move || write_loop(sink, target, inbox))
+            .spawn(move || writer.run(inbox))
             .map_err(AuditError::Thread)?;
         Ok(AuditLog {
             queue: queue.clone(),
+            health,
+            fail_open: false,
             ids: Arc::new(IdSource::new()),
             redact: None,
             observer: None,
@@ -188,6 +228,21 @@ impl AuditLog {
             observer: Some(observer),
             ..self.clone()
         }
+    }
+
+    /// This log, letting requests through even while it cannot be written
+    /// (`--audit-fail open`): they go unrecorded until it can.
+    pub fn fail_open(self) -> AuditLog {
+        AuditLog {
+            fail_open: true,
+            ..self
+        }
+    }
+
+    /// Whether new requests must be refused (503 `audit-unavailable`): the
+    /// log cannot be written right now, and it fails closed.
+    pub fn refuses_requests(&self) -> bool {
+        !self.fail_open && self.health.failing.load(Ordering::Relaxed)
     }
 
     /// A new record id, unique within this proxy and across restarts.
@@ -220,10 +275,11 @@ impl AuditLog {
         if let Some(observer) = &self.observer {
             observer(record);
         }
+        let refusal = record.reason == Some(Reason::AuditUnavailable);
         match serde_json::to_vec(record) {
             Ok(mut line) => {
                 line.push(b'\n');
-                if self.queue.send(Message::Line(line)).is_err() {
+                if self.queue.send(Message::Line { line, refusal }).is_err() {
                     tracing::error!("audit writer is gone; record {} lost", record.id);
                 }
             }
@@ -295,38 +351,125 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
         })
 }
 
-fn write_loop(mut sink: Sink, target: AuditTarget, inbox: Receiver<Message>) {
-    while let Ok(first) = inbox.recv() {
-        if matches!(first, Message::Line(_)) {
-            std::thread::sleep(BATCH_WINDOW);
-        }
-        let mut waiting = Vec::new();
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Line(line) => {
-                    if let Err(e) = sink.writer().write_all(&line) {
-                        tracing::error!("audit log write failed: {e}");
-                    }
+/// The writer thread's state.
+struct Writer {
+    sink: Sink,
+    target: AuditTarget,
+    health: Arc<Health>,
+    /// Lines the sink has not taken yet (it failed), oldest first.
+    held: VecDeque<Vec<u8>>,
+    /// How many of `held` are refusal records.
+    held_refusals: usize,
+    /// Refusal records not held (past [`MAX_HELD_REFUSALS`]) since the
+    /// log last worked.
+    uncounted_refusals: u64,
+}
+
+impl Writer {
+    fn run(mut self, inbox: Receiver<Message>) {
+        loop {
+            let first = if self.failing() {
+                match inbox.recv_timeout(RETRY_INTERVAL) {
+                    Ok(message) => Some(message),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Message::Sync(done) => waiting.push(done),
-                Message::Reopen => {
-                    let _ = sink.writer().flush();
-                    match Sink::open(&target) {
-                        Ok(reopened) => sink = reopened,
-                        Err(e) => tracing::error!("{e}; still writing to the old file"),
-                    }
+            } else {
+                match inbox.recv() {
+                    Ok(message) => Some(message),
+                    Err(_) => return,
                 }
+            };
+            if matches!(first, Some(Message::Line { .. })) {
+                std::thread::sleep(BATCH_WINDOW);
             }
-            next = inbox.try_recv().ok();
-        }
-        if let Err(e) = sink.writer().flush() {
-            tracing::error!("audit log flush failed: {e}");
-        }
-        for done in waiting {
-            let _ = done.send(());
+            let mut waiting = Vec::new();
+            let mut next = first;
+            while let Some(message) = next {
+                match message {
+                    Message::Line { line, refusal } => self.hold(line, refusal),
+                    Message::Sync(done) => waiting.push(done),
+                    Message::Reopen => self.reopen(),
+                }
+                next = inbox.try_recv().ok();
+            }
+            self.write_held();
+            for done in waiting {
+                let _ = done.send(());
+            }
         }
     }
+
+    fn failing(&self) -> bool {
+        self.health.failing.load(Ordering::Relaxed)
+    }
+
+    fn hold(&mut self, line: Vec<u8>, refusal: bool) {
+        if refusal {
+            if self.held_refusals >= MAX_HELD_REFUSALS {
+                self.uncounted_refusals += 1;
+                return;
+            }
+            self.held_refusals += 1;
+        }
+        self.held.push_back(line);
+    }
+
+    /// Hands every held line to the sink and flushes it; on the first
+    /// failure, keeps the rest and marks the log failing.
+    fn write_held(&mut self) {
+        let written = self.write_lines().and_then(|()| self.sink.writer().flush());
+        match written {
+            Ok(()) => self.recovered(),
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn write_lines(&mut self) -> io::Result<()> {
+        while let Some(line) = self.held.front() {
+            self.sink.writer().write_all(line)?;
+            if line_is_refusal(line) {
+                self.held_refusals = self.held_refusals.saturating_sub(1);
+            }
+            self.held.pop_front();
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, error: &io::Error) {
+        if !self.health.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "audit log write failed: {error}; refusing new requests (503 audit-unavailable) until it can be written"
+            );
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.health.failing.swap(false, Ordering::Relaxed) {
+            tracing::error!("audit log writable again; requests are served");
+            if self.uncounted_refusals > 0 {
+                tracing::error!(
+                    "{} audit-unavailable refusals were not recorded (more than {MAX_HELD_REFUSALS} while the log could not be written)",
+                    self.uncounted_refusals
+                );
+                self.uncounted_refusals = 0;
+            }
+        }
+    }
+
+    fn reopen(&mut self) {
+        let _ = self.sink.writer().flush();
+        match Sink::open(&self.target) {
+            Ok(reopened) => self.sink = reopened,
+            Err(e) => tracing::error!("{e}; still writing to the old file"),
+        }
+    }
+}
+
+/// Whether a serialised record is an `audit-unavailable` refusal.
+fn line_is_refusal(line: &[u8]) -> bool {
+    const MARK: &[u8] = b"\"reason\":\"audit-unavailable\"";
+    line.windows(MARK.len()).any(|window| window == MARK)
 }
 
 /// Record ids: the proxy's start time in milliseconds and a counter, so ids

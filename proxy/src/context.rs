@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Scheme;
-use http::Response;
+use http::{Request, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -206,6 +206,20 @@ impl Conn {
         );
         exchange.record().status = Some(response.status().as_u16());
         response
+    }
+
+    /// Whether the audit log cannot be written and fails closed.
+    pub fn audit_refuses(&self) -> bool {
+        self.shared.audit.refuses_requests()
+    }
+
+    /// 503 `audit-unavailable` for a request the log could not record.
+    pub fn refuse_unrecordable<B>(&self, kind: Kind, request: &Request<B>) -> Response<ProxyBody> {
+        let mut exchange = self.begin(kind);
+        exchange.record().method = Some(request.method().to_string());
+        let described = format!("{} {}", request.method(), request.uri());
+        let decision = Decision::refuse(Reason::AuditUnavailable);
+        self.refuse(exchange, &decision, &described)
     }
 
     pub fn refuse_malformed(

@@ -25,6 +25,7 @@ pub enum Reason {
     BadRequest,
     ResolveFailed,
     UpstreamFailed,
+    AuditUnavailable,
 }
 
 impl Reason {
@@ -44,6 +45,7 @@ impl Reason {
             Reason::BadRequest => "bad-request",
             Reason::ResolveFailed => "resolve-failed",
             Reason::UpstreamFailed => "upstream-failed",
+            Reason::AuditUnavailable => "audit-unavailable",
         }
     }
 
@@ -65,15 +67,20 @@ impl Reason {
             Reason::BadRequest => "malformed proxy request",
             Reason::ResolveFailed => "could not resolve host",
             Reason::UpstreamFailed => "could not reach upstream server",
+            Reason::AuditUnavailable => {
+                "the audit log cannot be written; no request is served until it can"
+            }
         }
     }
 
     /// The HTTP status of the refusal: 403 for policy, 400 for a broken
-    /// request, 502 when the proxy allowed it but could not deliver it.
+    /// request, 502 when the proxy allowed it but could not deliver it, 503
+    /// when it cannot record it.
     pub fn status(self) -> StatusCode {
         match self {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::ResolveFailed | Reason::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Reason::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -210,6 +217,7 @@ mod tests {
             (Reason::BadRequest, "bad-request"),
             (Reason::ResolveFailed, "resolve-failed"),
             (Reason::UpstreamFailed, "upstream-failed"),
+            (Reason::AuditUnavailable, "audit-unavailable"),
         ];
         for (reason, code) in all {
             assert_eq!(reason.code(), code);

@@ -132,6 +132,9 @@ where
 /// One request inside the tunnel: its authority must be the CONNECT host
 /// (invariant 4), then it is decided and delivered like any other.
 async fn handle(conn: &Conn, request: Request<Incoming>, target: HostPort) -> Response<ProxyBody> {
+    if conn.audit_refuses() {
+        return conn.refuse_unrecordable(Kind::Mitm, &request);
+    }
     let mut exchange = conn.begin(Kind::Mitm);
     exchange.record().method = Some(request.method().to_string());
     if request.method() == Method::CONNECT {

@@ -170,6 +170,14 @@ where
 }
 
 async fn handle(conn: &Arc<Conn>, request: Request<Incoming>) -> Response<ProxyBody> {
+    if conn.audit_refuses() {
+        let kind = if request.method() == Method::CONNECT {
+            Kind::Connect
+        } else {
+            Kind::Http
+        };
+        return conn.refuse_unrecordable(kind, &request);
+    }
     if request.method() == Method::CONNECT {
         connect(conn, request).await
     } else {

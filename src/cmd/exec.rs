@@ -26,10 +26,10 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
     let stage = Sandbox::prepare(Output::Inherit)?;
     let trust = load_ca(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
     let policy = proxy::load_enforceable(&args.policy, trust.is_some())?;
-    let audit = AuditLog::open(match &args.audit_log {
+    let audit = args.audit_fail.apply(AuditLog::open(match &args.audit_log {
         Some(path) => AuditTarget::parse(path),
         None => AuditTarget::Discard,
-    })?;
+    })?);
     let spec = sandbox_spec(&args)?.masks(state.private_dirs(args.ca_dir.as_deref()));
     warn_about_unwritable_binds(&spec.binds);
     proxy::raise_open_file_limit();

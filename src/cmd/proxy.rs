@@ -26,7 +26,9 @@ pub fn run(args: ProxyArgs, state: &StateDir) -> Result<ExitCode> {
     let interception =
         load_ca(args.ca_dir.as_deref(), &args.upstream_ca, state)?.map(|ca| ca.interception);
     let policy = load_enforceable(&policy_arg, interception.is_some())?;
-    let audit = AuditLog::open(AuditTarget::parse(&args.audit_log))?;
+    let audit = args
+        .audit_fail
+        .apply(AuditLog::open(AuditTarget::parse(&args.audit_log))?);
     let config = ProxyConfig {
         interception,
         ..config_from(&args)
