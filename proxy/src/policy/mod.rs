@@ -7,6 +7,7 @@ mod builtin;
 pub mod file;
 pub mod path;
 pub mod pattern;
+mod yaml;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -100,8 +101,9 @@ impl Policy {
     }
 
     /// Parses and compiles a policy file; `origin` names it in errors and
-    /// logs.
+    /// logs. A leading UTF-8 byte-order mark is ignored.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Policy, PolicyError> {
+        let text = yaml::strip_bom(text);
         let missing_version = || PolicyError::Syntax {
             origin: origin.to_owned(),
             line: 1,

@@ -472,3 +472,16 @@ fn global_methods_and_inspecting_deny_rules_intercept_in_unrestricted_mode() {
     let p = policy("version: 1\nmode: off\nmethods: [GET]\n");
     assert!(!intercepts(&p, "any.example", 443));
 }
+
+#[test]
+fn a_utf8_byte_order_mark_is_ignored() {
+    let p = policy("\u{feff}version: 1\nmode: limited\nallow: [github.com]\n");
+    assert_eq!(get(&p, "github.com"), None);
+    // Positions stay those an editor shows: the mark takes no column.
+    assert_eq!(
+        error("\u{feff}version: 1\nmode: limited\nalow: []\n")
+            .split(": unknown")
+            .next(),
+        Some("test.yaml:3:1")
+    );
+}
