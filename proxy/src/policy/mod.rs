@@ -102,7 +102,7 @@ impl Policy {
 
     /// Parses and compiles a policy file; `origin` names it in errors and
     /// logs. A leading UTF-8 byte-order mark is ignored; nesting deeper than
-    /// [`yaml::MAX_DEPTH`] and tags are errors.
+    /// [`yaml::MAX_DEPTH`], tags and duplicate keys are errors.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Policy, PolicyError> {
         let text = yaml::strip_bom(text);
         check_yaml(origin, text)?;
@@ -482,7 +482,7 @@ fn builtin_file(name: &str) -> Result<PolicyFile, PolicyError> {
 }
 
 /// Refuses what serde_yaml would accept and a policy must not hold (see
-/// [`yaml`]), before anything too deep reaches libyaml.
+/// [`yaml`]): the text scan first, so that nothing too deep reaches libyaml.
 fn check_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
     yaml::scan(text).map_err(|e| {
         let (line, column) = e.position();
@@ -492,7 +492,8 @@ fn check_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
             column,
             message: e.to_string(),
         }
-    })
+    })?;
+    yaml::walk(text).map_err(|e| syntax_error(origin, &e))
 }
 
 fn build_rule_set(specs: Vec<NamedSpec>) -> Result<RuleSet, String> {

@@ -397,7 +397,7 @@ fn every_bad_input_is_a_clear_error() {
         ),
         (
             "version: 1\nmode: limited\nmode: off\n",
-            "duplicate field `mode`",
+            "test.yaml:3:1: duplicate key `mode`",
         ),
         ("version: 1\nmode: limited\nmethods: []\n", "empty list"),
         (": :\n", "test.yaml:"),
@@ -484,6 +484,41 @@ fn a_utf8_byte_order_mark_is_ignored() {
             .next(),
         Some("test.yaml:3:1")
     );
+}
+
+/// (document, the `file:line:column:` the error starts with, then the key it
+/// names): a key given twice is refused wherever it is, at the second one.
+#[test]
+fn duplicate_keys_are_errors_naming_the_key_and_its_line() {
+    let cases = [
+        (
+            "version: 1\nmode: limited\nhosts:\n  a.test: 127.0.0.1\n  b.test: 127.0.0.2\n  a.test: 10.0.0.1\n",
+            "test.yaml:6:3:",
+            "duplicate key `a.test`",
+        ),
+        (
+            "version: 1\nmode: limited\nhosts: {a.test: 127.0.0.1, \"a.test\": 10.0.0.1}\n",
+            "test.yaml:3:28:",
+            "duplicate key `a.test`",
+        ),
+        (
+            "version: 1\nmode: limited\nallow: [a.com]\nmode: unrestricted\n",
+            "test.yaml:4:1:",
+            "duplicate key `mode`",
+        ),
+        (
+            "version: 1\nmode: limited\nallow:\n  - host: a.com\n    ports: [443]\n    host: b.com\n",
+            "test.yaml:6:5:",
+            "duplicate key `host`",
+        ),
+    ];
+    for (yaml, position, message) in cases {
+        let e = error(yaml);
+        assert!(e.starts_with(position), "{yaml:?}: {e}");
+        assert!(e.contains(message), "{yaml:?}: {e}");
+        assert!(e.contains("remove one"), "{yaml:?}: {e}");
+        assert!(!e.contains('\n'), "multi-line error: {e}");
+    }
 }
 
 /// (document, the `file:line:column:` the error starts with, the tag it

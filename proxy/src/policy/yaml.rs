@@ -1,12 +1,23 @@
 //! Reading a policy's YAML strictly, before serde_yaml builds the policy from
 //! it. serde_yaml (libyaml underneath) lets through what a policy must not
-//! hold: [`scan`], a pass over the text that only follows nesting, quoting
-//! and comments, refuses nesting deeper than [`MAX_DEPTH`] before libyaml
-//! sees it (libyaml's scanner is quadratic in flow nesting: 100,000 levels
-//! took 29 s of CPU on the reload path) and refuses every tag, `!x` and
-//! `!!x` alike (serde_yaml reads `mode: !unrestricted` as the enum variant,
-//! and resolves `!!str` and friends silently).
+//! hold, so the text is checked in two passes:
+//!
+//! 1. [`scan`], a pass over the text that only follows nesting, quoting and
+//!    comments, refuses nesting deeper than [`MAX_DEPTH`] before libyaml sees
+//!    it (libyaml's scanner is quadratic in flow nesting: 100,000 levels took
+//!    29 s of CPU on the reload path) and refuses every tag, `!x` and `!!x`
+//!    alike (serde_yaml reads `mode: !unrestricted` as the enum variant, and
+//!    resolves `!!str` and friends silently).
+//! 2. [`walk`] visits every node through serde_yaml itself, so with libyaml's
+//!    own reading of the document: a key given twice in one mapping is
+//!    refused at the second one (serde_yaml keeps the last one in a map), and
+//!    a local tag is refused again, should the scan have misread the text.
 
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 /// The deepest nesting of collections a policy document may have. A policy
@@ -395,6 +406,133 @@ impl Scanner<'_> {
     }
 }
 
+/// Visits every node of the document through serde_yaml, refusing a key
+/// given twice in a mapping and a local tag, each at its own line and column
+/// (serde_yaml places an error raised while reading a node at that node).
+pub fn walk(text: &str) -> Result<(), serde_yaml::Error> {
+    serde_yaml::from_str::<Node>(text).map(|_| ())
+}
+
+/// Any node, visited and dropped.
+struct Node;
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Node, D::Error> {
+        deserializer.deserialize_any(NodeVisitor { keys: None })?;
+        Ok(Node)
+    }
+}
+
+/// A mapping's key: a node that must not equal an earlier key of its
+/// mapping.
+struct Key<'k> {
+    keys: &'k mut BTreeSet<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(NodeVisitor {
+            keys: Some(self.keys),
+        })
+    }
+}
+
+/// Visits one node; `keys` is set when the node is a key, to the keys seen
+/// so far in its mapping.
+struct NodeVisitor<'k> {
+    keys: Option<&'k mut BTreeSet<String>>,
+}
+
+impl NodeVisitor<'_> {
+    /// A scalar, written as serde reads it (a key `1` and a key `"1"` are the
+    /// same string to a policy's maps, so they are the same key here).
+    fn scalar<E: de::Error>(self, text: String) -> Result<(), E> {
+        match self.keys {
+            Some(keys) if keys.contains(&text) => Err(E::custom(format!(
+                "duplicate key `{text}`: YAML would keep only the last one, remove one"
+            ))),
+            Some(keys) => {
+                keys.insert(text);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for NodeVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.scalar(v.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(v.to_string())
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<(), E> {
+        self.scalar(v.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(v.to_string())
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<(), E> {
+        self.scalar(v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.scalar(v.to_string())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.scalar(v.to_owned())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.scalar("null".to_owned())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.scalar("null".to_owned())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Node>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = BTreeSet::new();
+        while map.next_key_seed(Key { keys: &mut keys })?.is_some() {
+            map.next_value::<Node>()?;
+        }
+        Ok(())
+    }
+
+    /// serde_yaml presents a node with a local tag (`!x`) as an enum whose
+    /// variant is the tag.
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        let (tag, _) = data.variant::<String>()?;
+        let tag = if tag == "!" { tag } else { format!("!{tag}") };
+        Err(de::Error::custom(format!(
+            "YAML tag `{tag}`: a policy takes plain values, remove the tag"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +631,28 @@ mod tests {
         let long = format!("a: !{} b\n", "x".repeat(1000));
         let message = scanned(&long).map(|f| f.2).unwrap_or_default();
         assert!(message.len() < 120, "{message}");
+    }
+
+    #[test]
+    fn walk_refuses_duplicate_keys_and_local_tags_at_their_node() {
+        let error = |text: &str| {
+            let e = walk(text).expect_err(text);
+            let location = e.location().map(|l| (l.line(), l.column()));
+            (location, e.to_string())
+        };
+        let (at, message) = error("a: 1\nb:\n  c: 2\n  \"c\": 3\n");
+        assert_eq!(at, Some((4, 3)));
+        assert!(message.contains("duplicate key `c`"), "{message}");
+        let (at, message) = error("a: [1, {x: 1, y: 2, x: 3}]\n");
+        assert_eq!(at, Some((1, 21)));
+        assert!(message.contains("duplicate key `x`"), "{message}");
+        // The scan finds tags first; the walk finds those libyaml reads as
+        // local tags on its own.
+        let (at, message) = error("a: b\nc: !x d\n");
+        assert_eq!(at, Some((2, 4)));
+        assert!(message.contains("YAML tag `!x`"), "{message}");
+        assert!(walk("a: 1\nb: {a: 1}\nc: [a, a]\n").is_ok());
+        assert!(walk("").is_ok());
     }
 
     #[test]
