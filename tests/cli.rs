@@ -65,6 +65,60 @@ fn policy_check_accepts_good_files_and_names_line_and_column_of_bad_ones() {
     );
 }
 
+/// What serde_yaml would let through is refused, each on one line naming the
+/// file, line and column: a key given twice (YAML keeps the last), a tag
+/// (`!unrestricted` would pick the mode), and nesting 100,000 deep (refused
+/// at once, not after libyaml's tens of seconds). A UTF-8 byte-order mark is
+/// not an error.
+#[test]
+fn policy_check_refuses_duplicate_keys_tags_and_deep_nesting() {
+    let dir = Scratch::new("strict");
+    let deep = format!(
+        "version: 1\nmode: limited\nallow: {}\n",
+        "[".repeat(100_000)
+    );
+    let cases = [
+        (
+            "duplicate.yaml",
+            "version: 1\nmode: limited\nhosts:\n  a.test: 127.0.0.1\n  a.test: 10.0.0.1\n",
+            ":5:3: hosts: duplicate key `a.test`: YAML would keep only the last one, remove one",
+        ),
+        (
+            "tag.yaml",
+            "version: 1\nmode: !unrestricted\n",
+            ":2:7: YAML tag `!unrestricted`: a policy takes plain values, remove the tag",
+        ),
+        (
+            "core-tag.yaml",
+            "version: 1\nmode: limited\nallow: [!!str a.com]\n",
+            ":3:9: YAML tag `!!str`",
+        ),
+        (
+            "deep.yaml",
+            deep.as_str(),
+            ":3:71: nested more than 64 levels deep (a policy needs 4): flatten the document",
+        ),
+    ];
+    for (name, yaml, expected) in cases {
+        let file = dir.write(name, yaml);
+        let started = std::time::Instant::now();
+        let out = tollgate(&["policy", "check", file.to_str().unwrap()]);
+        let took = started.elapsed();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("{}{expected}", file.display())),
+            "{name}: {stdout}"
+        );
+        assert_eq!(stdout.lines().count(), 1, "{name}: {stdout}");
+        assert!(took < std::time::Duration::from_secs(2), "{name}: {took:?}");
+    }
+
+    let bom = dir.write("bom.yaml", "\u{feff}version: 1\nmode: limited\n");
+    let out = tollgate(&["policy", "check", bom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+}
+
 #[test]
 fn policy_check_reads_builtins_and_refuses_missing_files() {
     let out = tollgate(&[

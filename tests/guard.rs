@@ -215,6 +215,69 @@ fn guard_refuses_every_internal_range_over_connect() {
     assert_eq!(lab.dns.queries(), Vec::<String>::new());
 }
 
+/// An `allow_internal` entry for an IPv6 form that embeds IPv4 addresses
+/// (a NAT64 prefix, 6to4) exempts that IPv6 range, not the IPv4 address
+/// behind it: with only the IPv6 ranges exempt, the lab's 64:ff9b::a00:1 and
+/// 2002:a00:1:: (both embedding 10.0.0.1) are refused and never dialled, over
+/// HTTP and CONNECT. Control: exempting 10.0.0.0/8 as well lets both through
+/// to the lab server.
+#[test]
+fn ipv6_exemption_does_not_exempt_the_embedded_ipv4_address() {
+    require_root!();
+    let lab = NetLab::new(&[]);
+    const EMBEDDING_10_0_0_1: [(&str, &str); 2] = [
+        ("[64:ff9b::a00:1]", "64:ff9b::a00:1"),
+        ("[2002:a00:1::]", "2002:a00:1::"),
+    ];
+    let ipv6_only = lab.proxy(
+        "version: 1\nmode: unrestricted\nallow_internal: [\"64:ff9b::/96\", \"2002::/16\"]\n",
+    );
+    let mut problems = Vec::new();
+    for (host, addr) in EMBEDDING_10_0_0_1 {
+        let reply = ipv6_only.get(host, "/");
+        problems.extend(ipv6_only.refusal_problems(
+            &format!("GET http://{host}/ with only the IPv6 range exempt"),
+            &reply,
+            "http",
+            "internal-address",
+            Some(ip(addr)),
+        ));
+        let (reply, tunnel) = ipv6_only.connect(&format!("{host}:443"));
+        drop(tunnel);
+        problems.extend(ipv6_only.refusal_problems(
+            &format!("CONNECT {host}:443 with only the IPv6 range exempt"),
+            &reply,
+            "connect",
+            "internal-address",
+            Some(ip(addr)),
+        ));
+    }
+    settle();
+    problems.extend(lab.leaks());
+    assert_no_problems(&problems);
+
+    let both = lab.proxy(
+        "version: 1\nmode: unrestricted\nallow_internal: [\"64:ff9b::/96\", \"2002::/16\", 10.0.0.0/8]\n",
+    );
+    for (host, _) in EMBEDDING_10_0_0_1 {
+        let reply = both.get(host, "/control");
+        assert_eq!(reply.status, 200, "{host}: {reply:?}");
+        assert_eq!(
+            reply.body,
+            format!("netns server at {host}:80 saw GET /control HTTP/1.1")
+        );
+    }
+    settle();
+    assert_eq!(
+        lab.server.seen(),
+        [
+            "[64:ff9b::a00:1]:80".parse().unwrap(),
+            "[2002:a00:1::]:80".parse().unwrap()
+        ],
+        "only the requests with both ranges exempt may reach the lab server"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 2. IP literals in every inet_aton form (invariant 3).
 // ---------------------------------------------------------------------------

@@ -12,14 +12,17 @@
 //! one (longest prefix), so table order does not matter.
 //!
 //! IPv6 forms that embed or reach an IPv4 address (mapped, compatible, NAT64,
-//! 6to4, Teredo) are refused as a whole instead of being decoded: decoding
-//! would invite "which IPv4 address does this really mean" games, and a
-//! sandbox never needs them to reach a public host.
+//! 6to4, Teredo) are refused as a whole: a sandbox never needs them to reach
+//! a public host. An operator who exempts one of them with `allow_internal`
+//! (a NAT64 prefix on an IPv6-only host) exempts the IPv6 range, not every
+//! IPv4 address behind it: the embedded IPv4 address must pass the IPv4
+//! rules too, or `64:ff9b::127.0.0.1` would reach the host's loopback.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use thiserror::Error;
 
 /// Which non-public range an address falls in; the reason a dial was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,23 +226,88 @@ impl AddressGuard {
         AddressGuard { allow_internal }
     }
 
-    /// Ok if public, or internal but inside one of the allow_internal CIDRs (matched literally, on the address as given).
+    /// Ok if public, or internal but inside one of the allow_internal CIDRs
+    /// (matched literally, on the address as given) and, for an IPv6 form
+    /// that embeds IPv4 addresses, each of those passes the IPv4 rules too.
     ///
     /// "Literally" means no unwrapping: `127.0.0.0/8` does not exempt
     /// `::ffff:127.0.0.1`; an operator who really wants that must list the
-    /// IPv6 form.
-    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), InternalRange> {
-        match classify(ip) {
-            None => Ok(()),
-            Some(_) if self.is_exempt(ip) => Ok(()),
-            Some(range) => Err(range),
+    /// IPv6 form as well.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let Some(range) = classify(ip) else {
+            return Ok(());
+        };
+        if !self.is_exempt(ip) {
+            return Err(Refusal::Internal(range));
         }
+        let IpAddr::V6(ip) = ip else {
+            return Ok(());
+        };
+        for embedded in embedded_ipv4(range, ip).into_iter().flatten() {
+            match classify(IpAddr::V4(embedded)) {
+                Some(range) if !self.is_exempt(IpAddr::V4(embedded)) => {
+                    return Err(Refusal::Embedded { embedded, range });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn is_exempt(&self, ip: IpAddr) -> bool {
         self.allow_internal.iter().any(|net| net_contains(net, ip))
     }
 }
+
+/// Why the guard refused an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum Refusal {
+    /// The address is in this range and `allow_internal` does not cover it.
+    #[error("{0}; allow it with allow_internal if intended")]
+    Internal(InternalRange),
+    /// `allow_internal` covers the IPv6 address, but not the internal IPv4
+    /// address it embeds and reaches.
+    #[error(
+        "exempt by allow_internal but reaches the embedded IPv4 address {embedded}, \
+         which is {range}; add {embedded} to allow_internal as well if intended"
+    )]
+    Embedded {
+        embedded: Ipv4Addr,
+        range: InternalRange,
+    },
+}
+
+/// The IPv4 addresses an IPv6 address of `range` embeds, and so reaches
+/// through a translator or tunnel: none for ranges that embed nothing, two
+/// for Teredo (server and client).
+fn embedded_ipv4(range: InternalRange, ip: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
+    let o = ip.octets();
+    let last_32_bits = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    match range {
+        // RFC 4291 §2.5.5 and, for 64:ff9b::/96, RFC 6052 §2.2's /96 row.
+        Ipv4Mapped | Ipv4Compatible => [Some(last_32_bits), None],
+        Nat64 if ip.segments()[..3] == NAT64_LOCAL_USE_PREFIX => {
+            // RFC 6052 §2.2, /48 row: bits 48..63 and 72..87, around the
+            // u-octet (bits 64..71). RFC 8215 lets an operator pick a longer
+            // prefix inside 64:ff9b:1::/48; the /48 layout is the one its
+            // length names.
+            [Some(Ipv4Addr::new(o[6], o[7], o[9], o[10])), None]
+        }
+        Nat64 => [Some(last_32_bits), None],
+        // RFC 3056 §2: 2002:V4ADDR::/48, bits 16..47.
+        SixToFour => [Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])), None],
+        // RFC 4380 §4: the server in bits 32..63, the client's address
+        // inverted (every bit flipped) in bits 96..127.
+        Teredo => [
+            Some(Ipv4Addr::new(o[4], o[5], o[6], o[7])),
+            Some(Ipv4Addr::from(!u32::from(last_32_bits))),
+        ],
+        _ => [None, None],
+    }
+}
+
+/// The first three 16-bit groups of 64:ff9b:1::/48 (RFC 8215).
+const NAT64_LOCAL_USE_PREFIX: [u16; 3] = [0x0064, 0xff9b, 0x0001];
 
 #[cfg(test)]
 mod tests {
@@ -478,10 +546,22 @@ mod tests {
     #[test]
     fn default_guard_refuses_every_internal_address() {
         let guard = AddressGuard::default();
-        assert_eq!(guard.check(ip("127.0.0.1")), Err(Loopback));
-        assert_eq!(guard.check(ip("169.254.169.254")), Err(LinkLocal));
-        assert_eq!(guard.check(ip("::ffff:8.8.8.8")), Err(Ipv4Mapped));
-        assert_eq!(guard.check(ip("64:ff9b::8.8.8.8")), Err(Nat64));
+        assert_eq!(
+            guard.check(ip("127.0.0.1")),
+            Err(Refusal::Internal(Loopback))
+        );
+        assert_eq!(
+            guard.check(ip("169.254.169.254")),
+            Err(Refusal::Internal(LinkLocal))
+        );
+        assert_eq!(
+            guard.check(ip("::ffff:8.8.8.8")),
+            Err(Refusal::Internal(Ipv4Mapped))
+        );
+        assert_eq!(
+            guard.check(ip("64:ff9b::8.8.8.8")),
+            Err(Refusal::Internal(Nat64))
+        );
         assert_eq!(guard.check(ip("8.8.8.8")), Ok(()));
         assert_eq!(guard.check(ip("2606:4700:4700::1111")), Ok(()));
     }
@@ -490,9 +570,15 @@ mod tests {
     fn allow_internal_exact_host() {
         let guard = AddressGuard::new(vec![net("127.0.0.1/32")]);
         assert_eq!(guard.check(ip("127.0.0.1")), Ok(()));
-        assert_eq!(guard.check(ip("127.0.0.2")), Err(Loopback));
-        assert_eq!(guard.check(ip("::ffff:127.0.0.1")), Err(Ipv4Mapped));
-        assert_eq!(guard.check(ip("::1")), Err(Loopback));
+        assert_eq!(
+            guard.check(ip("127.0.0.2")),
+            Err(Refusal::Internal(Loopback))
+        );
+        assert_eq!(
+            guard.check(ip("::ffff:127.0.0.1")),
+            Err(Refusal::Internal(Ipv4Mapped))
+        );
+        assert_eq!(guard.check(ip("::1")), Err(Refusal::Internal(Loopback)));
         assert_eq!(guard.check(ip("8.8.8.8")), Ok(()));
     }
 
@@ -502,9 +588,18 @@ mod tests {
         assert_eq!(guard.check(ip("10.0.0.0")), Ok(()));
         assert_eq!(guard.check(ip("10.1.2.3")), Ok(()));
         assert_eq!(guard.check(ip("10.255.255.255")), Ok(()));
-        assert_eq!(guard.check(ip("172.16.0.1")), Err(Private));
-        assert_eq!(guard.check(ip("192.168.1.1")), Err(Private));
-        assert_eq!(guard.check(ip("::ffff:10.1.2.3")), Err(Ipv4Mapped));
+        assert_eq!(
+            guard.check(ip("172.16.0.1")),
+            Err(Refusal::Internal(Private))
+        );
+        assert_eq!(
+            guard.check(ip("192.168.1.1")),
+            Err(Refusal::Internal(Private))
+        );
+        assert_eq!(
+            guard.check(ip("::ffff:10.1.2.3")),
+            Err(Refusal::Internal(Ipv4Mapped))
+        );
     }
 
     #[test]
@@ -512,17 +607,158 @@ mod tests {
         let guard = AddressGuard::new(vec![net("::1/128"), net("fd00::/8")]);
         assert_eq!(guard.check(ip("::1")), Ok(()));
         assert_eq!(guard.check(ip("fd12::1")), Ok(()));
-        assert_eq!(guard.check(ip("fc00::1")), Err(UniqueLocal));
-        assert_eq!(guard.check(ip("127.0.0.1")), Err(Loopback));
-        assert_eq!(guard.check(ip("::2")), Err(Ipv4Compatible));
+        assert_eq!(
+            guard.check(ip("fc00::1")),
+            Err(Refusal::Internal(UniqueLocal))
+        );
+        assert_eq!(
+            guard.check(ip("127.0.0.1")),
+            Err(Refusal::Internal(Loopback))
+        );
+        assert_eq!(
+            guard.check(ip("::2")),
+            Err(Refusal::Internal(Ipv4Compatible))
+        );
     }
 
     #[test]
     fn allow_internal_not_covering() {
         let guard = AddressGuard::new(vec![net("192.168.1.0/24")]);
         assert_eq!(guard.check(ip("192.168.1.77")), Ok(()));
-        assert_eq!(guard.check(ip("192.168.2.1")), Err(Private));
-        assert_eq!(guard.check(ip("192.168.0.255")), Err(Private));
+        assert_eq!(
+            guard.check(ip("192.168.2.1")),
+            Err(Refusal::Internal(Private))
+        );
+        assert_eq!(
+            guard.check(ip("192.168.0.255")),
+            Err(Refusal::Internal(Private))
+        );
+    }
+
+    /// (allow_internal, address, whether the guard lets it through) for the
+    /// IPv6 forms that embed an IPv4 address: exempting the IPv6 range is not
+    /// enough, the embedded IPv4 address must pass the IPv4 rules as well.
+    /// Decodings: mapped, compatible and NAT64 64:ff9b::/96 carry the IPv4
+    /// address in the last 32 bits (RFC 4291 §2.5.5, RFC 6052 §2.2);
+    /// 64:ff9b:1::/48 in bits 48..63 and 72..87 around the u-octet (RFC 6052
+    /// §2.2, /48 row); 6to4 in bits 16..47 (RFC 3056 §2); Teredo has the
+    /// server in bits 32..63 and the client, inverted, in the last 32 bits
+    /// (RFC 4380 §4).
+    const EMBEDDED_CASES: &[(&[&str], &str, bool)] = &[
+        // IPv4-mapped.
+        (&["::ffff:0:0/96"], "::ffff:169.254.169.254", false),
+        (&["::ffff:0:0/96"], "::ffff:127.0.0.1", false),
+        (&["::ffff:0:0/96"], "::ffff:8.8.8.8", true),
+        (
+            &["::ffff:0:0/96", "169.254.169.254/32"],
+            "::ffff:169.254.169.254",
+            true,
+        ),
+        (
+            &["::ffff:169.254.169.254/128"],
+            "::ffff:169.254.169.254",
+            false,
+        ),
+        (&["::/0"], "::ffff:10.0.0.1", false),
+        (&["::/0", "0.0.0.0/0"], "::ffff:10.0.0.1", true),
+        // IPv4-compatible (deprecated).
+        (&["::/96"], "::127.0.0.1", false),
+        (&["::/96"], "::8.8.8.8", true),
+        // NAT64, well-known prefix.
+        (&["64:ff9b::/96"], "64:ff9b::127.0.0.1", false),
+        (&["64:ff9b::/96"], "64:ff9b::169.254.169.254", false),
+        (&["64:ff9b::/96"], "64:ff9b::8.8.8.8", true),
+        (&["64:ff9b::/96", "10.0.0.0/8"], "64:ff9b::10.1.2.3", true),
+        (
+            &["64:ff9b::/96", "10.0.0.0/8"],
+            "64:ff9b::192.168.0.1",
+            false,
+        ),
+        (&["10.0.0.0/8"], "64:ff9b::10.1.2.3", false),
+        // NAT64, local-use prefix: 64:ff9b:1:AABB:CC:DD00:: is AA.BB.CC.DD.
+        (&["64:ff9b:1::/48"], "64:ff9b:1:7f00:0:100::", false),
+        (&["64:ff9b:1::/48"], "64:ff9b:1:a9fe:a9:fe00::", false),
+        (&["64:ff9b:1::/48"], "64:ff9b:1:808:8:800::", true),
+        // The /96 spelling of 8.8.8.8 decodes, per the /48 layout, to 0.0.0.0.
+        (&["64:ff9b:1::/48"], "64:ff9b:1::808:808", false),
+        // 6to4.
+        (&["2002::/16"], "2002:7f00:1::", false),
+        (&["2002::/16"], "2002:a9fe:a9fe::1", false),
+        (&["2002::/16"], "2002:808:808::1", true),
+        (&["2002::/16", "127.0.0.0/8"], "2002:7f00:1::", true),
+        // Teredo: server 8.8.8.8, client 8.8.4.4 (f7f7:fbfb inverted).
+        (&["2001::/32"], "2001:0:808:808::f7f7:fbfb", true),
+        // Client 127.0.0.1 (80ff:fffe inverted).
+        (&["2001::/32"], "2001:0:808:808::80ff:fffe", false),
+        // Server 10.0.0.1.
+        (&["2001::/32"], "2001:0:a00:1::f7f7:fbfb", false),
+        (
+            &["2001::/32", "10.0.0.0/8"],
+            "2001:0:a00:1::f7f7:fbfb",
+            true,
+        ),
+        // RFC 4380's example: server 65.54.227.120, client 192.0.2.45, a
+        // documentation address.
+        (
+            &["2001::/32"],
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            false,
+        ),
+        (
+            &["2001::/32", "192.0.2.0/24"],
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            true,
+        ),
+    ];
+
+    #[test]
+    fn embedded_ipv4_must_pass_the_ipv4_rules_too() {
+        let failures: Vec<String> = EMBEDDED_CASES
+            .iter()
+            .filter_map(|&(allow, addr, want)| {
+                let guard = AddressGuard::new(allow.iter().map(|n| net(n)).collect());
+                let got = guard.check(ip(addr));
+                (got.is_ok() != want).then(|| {
+                    format!(
+                        "{addr} with allow_internal {allow:?}: want allowed={want}, got {got:?}"
+                    )
+                })
+            })
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn refusal_names_the_embedded_address_and_the_fix() {
+        let guard = AddressGuard::new(vec![net("64:ff9b::/96"), net("2001::/32")]);
+        let refusal = guard.check(ip("64:ff9b::127.0.0.1")).unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::Embedded {
+                embedded: "127.0.0.1".parse().unwrap(),
+                range: Loopback
+            }
+        );
+        let text = refusal.to_string();
+        assert!(text.contains("embedded IPv4 address 127.0.0.1"), "{text}");
+        assert!(text.contains("add 127.0.0.1 to allow_internal"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        // Teredo: the client (inverted last 32 bits) is decoded, not only the
+        // server.
+        assert_eq!(
+            guard.check(ip("2001:0:808:808::5601:56fe")),
+            Err(Refusal::Embedded {
+                embedded: "169.254.169.1".parse().unwrap(),
+                range: LinkLocal
+            })
+        );
+        assert_eq!(
+            Refusal::Internal(Nat64).to_string(),
+            format!(
+                "{}; allow it with allow_internal if intended",
+                Nat64.describe()
+            )
+        );
     }
 
     #[test]
@@ -530,12 +766,21 @@ mod tests {
         // A CIDR written with host bits still covers its whole network.
         let guard = AddressGuard::new(vec![net("10.1.2.3/16")]);
         assert_eq!(guard.check(ip("10.1.255.255")), Ok(()));
-        assert_eq!(guard.check(ip("10.2.0.0")), Err(Private));
+        assert_eq!(guard.check(ip("10.2.0.0")), Err(Refusal::Internal(Private)));
         // Even 0.0.0.0/0 never exempts an IPv6 form of an IPv4 address.
         let guard = AddressGuard::new(vec![net("0.0.0.0/0")]);
         assert_eq!(guard.check(ip("127.0.0.1")), Ok(()));
-        assert_eq!(guard.check(ip("::ffff:127.0.0.1")), Err(Ipv4Mapped));
-        assert_eq!(guard.check(ip("::127.0.0.1")), Err(Ipv4Compatible));
-        assert_eq!(guard.check(ip("2002:7f00:1::")), Err(SixToFour));
+        assert_eq!(
+            guard.check(ip("::ffff:127.0.0.1")),
+            Err(Refusal::Internal(Ipv4Mapped))
+        );
+        assert_eq!(
+            guard.check(ip("::127.0.0.1")),
+            Err(Refusal::Internal(Ipv4Compatible))
+        );
+        assert_eq!(
+            guard.check(ip("2002:7f00:1::")),
+            Err(Refusal::Internal(SixToFour))
+        );
     }
 }

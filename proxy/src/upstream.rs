@@ -11,7 +11,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::decision::Reason;
-use crate::guard::InternalRange;
+use crate::guard::Refusal;
 use crate::host::{Host, HostPort};
 use crate::policy::Policy;
 
@@ -26,11 +26,11 @@ pub struct DialTimeouts {
 pub enum UpstreamError {
     #[error("cannot resolve {host}: {detail}")]
     Resolve { host: String, detail: String },
-    #[error("{host} resolves to {ip}, which is {}; allow it with allow_internal if intended", range.describe())]
+    #[error("{host} resolves to {ip}, which is {refusal}")]
     Internal {
         host: String,
         ip: IpAddr,
-        range: InternalRange,
+        refusal: Refusal,
     },
     #[error("cannot connect to {host} ({addr}): {source}")]
     Connect {
@@ -129,10 +129,10 @@ fn check_all(
         policy
             .guard()
             .check(*ip)
-            .map_err(|range| UpstreamError::Internal {
+            .map_err(|refusal| UpstreamError::Internal {
                 host: target.host.to_string(),
                 ip: *ip,
-                range,
+                refusal,
             })?;
     }
     Ok(())

@@ -7,6 +7,7 @@ mod builtin;
 pub mod file;
 pub mod path;
 pub mod pattern;
+mod yaml;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -100,8 +101,11 @@ impl Policy {
     }
 
     /// Parses and compiles a policy file; `origin` names it in errors and
-    /// logs.
+    /// logs. A leading UTF-8 byte-order mark is ignored; nesting deeper than
+    /// [`yaml::MAX_DEPTH`], tags and duplicate keys are errors.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Policy, PolicyError> {
+        let text = yaml::strip_bom(text);
+        check_yaml(origin, text)?;
         let missing_version = || PolicyError::Syntax {
             origin: origin.to_owned(),
             line: 1,
@@ -479,7 +483,24 @@ fn preset_rules(preset: Preset) -> Result<Vec<NamedSpec>, PolicyError> {
 
 fn builtin_file(name: &str) -> Result<PolicyFile, PolicyError> {
     let text = builtin::source(name).ok_or_else(|| PolicyError::NotFound(name.to_owned()))?;
-    serde_yaml::from_str(text).map_err(|e| syntax_error(&format!("builtin:{name}"), &e))
+    let origin = format!("builtin:{name}");
+    check_yaml(&origin, text)?;
+    serde_yaml::from_str(text).map_err(|e| syntax_error(&origin, &e))
+}
+
+/// Refuses what serde_yaml would accept and a policy must not hold (see
+/// [`yaml`]): the text scan first, so that nothing too deep reaches libyaml.
+fn check_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
+    yaml::scan(text).map_err(|e| {
+        let (line, column) = e.position();
+        PolicyError::Syntax {
+            origin: origin.to_owned(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })?;
+    yaml::walk(text).map_err(|e| syntax_error(origin, &e))
 }
 
 /// How a rule set's path globs treat letter case: allow rules exactly (a

@@ -397,7 +397,7 @@ fn every_bad_input_is_a_clear_error() {
         ),
         (
             "version: 1\nmode: limited\nmode: off\n",
-            "duplicate field `mode`",
+            "test.yaml:3:1: duplicate key `mode`",
         ),
         ("version: 1\nmode: limited\nmethods: []\n", "empty list"),
         (": :\n", "test.yaml:"),
@@ -471,4 +471,193 @@ fn global_methods_and_inspecting_deny_rules_intercept_in_unrestricted_mode() {
     assert!(!intercepts(&p, "other.example", 443));
     let p = policy("version: 1\nmode: off\nmethods: [GET]\n");
     assert!(!intercepts(&p, "any.example", 443));
+}
+
+#[test]
+fn a_utf8_byte_order_mark_is_ignored() {
+    let p = policy("\u{feff}version: 1\nmode: limited\nallow: [github.com]\n");
+    assert_eq!(get(&p, "github.com"), None);
+    // Positions stay those an editor shows: the mark takes no column.
+    assert_eq!(
+        error("\u{feff}version: 1\nmode: limited\nalow: []\n")
+            .split(": unknown")
+            .next(),
+        Some("test.yaml:3:1")
+    );
+}
+
+/// (document, the `file:line:column:` the error starts with, then the key it
+/// names): a key given twice is refused wherever it is, at the second one.
+#[test]
+fn duplicate_keys_are_errors_naming_the_key_and_its_line() {
+    let cases = [
+        (
+            "version: 1\nmode: limited\nhosts:\n  a.test: 127.0.0.1\n  b.test: 127.0.0.2\n  a.test: 10.0.0.1\n",
+            "test.yaml:6:3:",
+            "duplicate key `a.test`",
+        ),
+        (
+            "version: 1\nmode: limited\nhosts: {a.test: 127.0.0.1, \"a.test\": 10.0.0.1}\n",
+            "test.yaml:3:28:",
+            "duplicate key `a.test`",
+        ),
+        (
+            "version: 1\nmode: limited\nallow: [a.com]\nmode: unrestricted\n",
+            "test.yaml:4:1:",
+            "duplicate key `mode`",
+        ),
+        (
+            "version: 1\nmode: limited\nallow:\n  - host: a.com\n    ports: [443]\n    host: b.com\n",
+            "test.yaml:6:5:",
+            "duplicate key `host`",
+        ),
+    ];
+    for (yaml, position, message) in cases {
+        let e = error(yaml);
+        assert!(e.starts_with(position), "{yaml:?}: {e}");
+        assert!(e.contains(message), "{yaml:?}: {e}");
+        assert!(e.contains("remove one"), "{yaml:?}: {e}");
+        assert!(!e.contains('\n'), "multi-line error: {e}");
+    }
+}
+
+/// (document, the `file:line:column:` the error starts with, the tag it
+/// names): a tag would pick an enum variant (`!unrestricted`) or retype a
+/// value behind the reader's back; none is needed in a policy.
+#[test]
+fn yaml_tags_are_errors_naming_their_line() {
+    let cases = [
+        (
+            "version: 1\nmode: !unrestricted\n",
+            "test.yaml:2:7:",
+            "`!unrestricted`",
+        ),
+        (
+            "version: 1\nmode: !!str limited\n",
+            "test.yaml:2:7:",
+            "`!!str`",
+        ),
+        (
+            "version: 1\nmode: limited\nallow: [a.com, !!str b.com]\n",
+            "test.yaml:3:16:",
+            "`!!str`",
+        ),
+        (
+            "version: 1\nmode: limited\nhosts: {a.test: !ip 127.0.0.1}\n",
+            "test.yaml:3:17:",
+            "`!ip`",
+        ),
+        (
+            "version: 1\nmode: limited\nallow:\n  - !rule\n    host: a.com\n",
+            "test.yaml:4:5:",
+            "`!rule`",
+        ),
+        ("version: 1\n!x mode: limited\n", "test.yaml:2:1:", "`!x`"),
+        (
+            "--- !policy\nversion: 1\nmode: limited\n",
+            "test.yaml:1:5:",
+            "`!policy`",
+        ),
+        (
+            "version: 1\nmode: &m !<tag:yaml.org,2002:str> limited\n",
+            "test.yaml:2:10:",
+            "`!<tag:yaml.org,2002:str>`",
+        ),
+        ("version: 1\nmode: ! limited\n", "test.yaml:2:7:", "`!`"),
+    ];
+    for (yaml, position, tag) in cases {
+        let e = error(yaml);
+        assert!(e.starts_with(position), "{yaml:?}: {e}");
+        assert!(e.contains(tag), "{yaml:?}: {e}");
+        assert!(e.contains("remove the tag"), "{yaml:?}: {e}");
+        assert!(!e.contains('\n'), "multi-line error: {e}");
+    }
+}
+
+#[test]
+fn exclamation_marks_that_are_not_tags_are_fine() {
+    let p = policy(
+        "version: 1 # v1!\nmode: limited # !!str\nallow:\n  - \"github.com\" # !x\n  - 'a.com' #!y\n\
+         deny: [\"b.com\"] # [!z\n",
+    );
+    assert_eq!(get(&p, "github.com"), None);
+    // `!` inside a plain or quoted scalar is text (and here a bad pattern).
+    assert!(error("version: 1\nmode: limited\nallow: [a!b.com]\n").contains("a!b.com"));
+    assert!(error("version: 1\nmode: limited\nallow: [\"!b.com\"]\n").contains("!b.com"));
+}
+
+/// Nesting this deep makes libyaml's scanner quadratic (tens of seconds of
+/// CPU on the reload path before serde_yaml's own recursion limit applies):
+/// it is refused by a scan of the text, before any parsing.
+#[test]
+fn deep_nesting_is_refused_before_parsing() {
+    const DEPTH: usize = 100_000;
+    // (document, the line the limit is passed on)
+    let documents = [
+        (
+            format!("version: 1\nmode: limited\nallow: {}", "[".repeat(DEPTH)),
+            3,
+        ),
+        (
+            format!("version: 1\nmode: limited\nallow: {}", "{a: ".repeat(DEPTH)),
+            3,
+        ),
+        (
+            format!("version: 1\nmode: limited\nallow:\n{}", "- ".repeat(DEPTH)),
+            4,
+        ),
+        (
+            format!("version: 1\nmode: limited\nallow:\n{}", "? ".repeat(DEPTH)),
+            4,
+        ),
+    ];
+    for (yaml, line) in &documents {
+        let started = std::time::Instant::now();
+        let e = error(yaml);
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}: {e}");
+        assert!(e.starts_with(&format!("test.yaml:{line}:")), "{e}");
+        assert!(e.contains("nested more than 64 levels deep"), "{e}");
+        assert!(!e.contains('\n'), "multi-line error: {e}");
+    }
+}
+
+#[test]
+fn nesting_up_to_the_limit_is_left_to_the_parser() {
+    let brackets = |n: usize| {
+        format!(
+            "version: 1\nmode: limited\nallow: {}a.com{}\n",
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    // Too deep for a policy, but not for the scan: serde_yaml says why.
+    assert!(error(&brackets(63)).contains("host pattern or a rule"));
+    assert!(error(&brackets(64)).contains("nested more than 64 levels deep"));
+    // Brackets in quotes, comments and block scalars do not count.
+    let deep_text = "[".repeat(100);
+    // (The patterns themselves are bad: serde_yaml gets to say so.)
+    for yaml in [
+        format!("version: 1\nmode: limited # {deep_text}\ndeny: [\"{deep_text}\",\n  '{deep_text}']\n"),
+        format!("version: 1\nmode: limited\nallow:\n  - |\n    {deep_text}\n\n    {deep_text}\n  - a.com\n"),
+    ] {
+        let e = error(&yaml);
+        assert!(e.contains("not a valid host"), "{e}");
+    }
+}
+
+/// The strict reading refuses nothing a valid policy may look like: JSON,
+/// flow collections over several lines with comments, anchors and aliases,
+/// directives and document markers, CRLF line ends.
+#[test]
+fn every_layout_of_a_valid_policy_still_loads() {
+    let layouts = [
+        r#"{"version": 1, "mode": "limited", "allow": ["github.com", {"host": "a.com", "ports": [443]}], "hosts": {"r.test": "127.0.0.1"}}"#,
+        "version: 1\nmode: limited\nallow: [ # the [registries\n  github.com,   # x!\n  \"a.com\", # \"quoted [\n  {host: b.com,\n   ports: [443]},\n]\nports: &p [80, 443]\ndeny:\n- host: c.com\n  ports: *p\n",
+        "%YAML 1.1\n---\nversion: 1\nmode: limited\n...\n",
+        "version: 1\r\nmode: limited\r\nallow:\r\n  - 'github.com'\r\n",
+    ];
+    for yaml in layouts {
+        assert_eq!(policy(yaml).mode(), Mode::Limited, "{yaml:?}");
+    }
 }
