@@ -45,6 +45,20 @@ pub enum Command {
     /// List, reset or garbage-collect the cache of setup snapshots.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Check audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check each file's hash chain: reports the first record edited,
+    /// removed, inserted, moved or cut short, with its line. Exit 0 if every
+    /// file is whole, 1 if any is not, 2 if one cannot be read.
+    Verify {
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

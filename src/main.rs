@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tollgate_run::state::StateDir;
 
-use crate::cli::{CaCommand, CacheCommand, Cli, Command, PolicyCommand};
+use crate::cli::{AuditCommand, CaCommand, CacheCommand, Cli, Command, PolicyCommand};
 
 /// Exit status for a usage or configuration error (DESIGN.md, `policy eval`).
 const EXIT_CONFIG: u8 = 2;
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Cache(CacheCommand::Gc) => cmd::cache::gc(&state),
         Command::Policy(PolicyCommand::Check(args)) => cmd::policy::check(args),
         Command::Policy(PolicyCommand::Eval(args)) => cmd::policy::eval(args),
+        Command::Audit(AuditCommand::Verify { files }) => cmd::audit::verify(&files),
     };
     match outcome {
         Ok(code) => code,

@@ -463,6 +463,82 @@ fn a_tls_client_hello_for_another_host_inside_an_allowed_connect_is_refused() {
     assert!(canary.bytes() > 0, "matching SNI was not relayed");
 }
 
+/// Every record names the policy in force (its SHA-256) and is chained to
+/// the one before it; `tollgate audit verify` finds an edited record, and a
+/// proxy restarted on the same file continues the chain.
+#[test]
+fn audit_records_are_chained_and_verify_finds_an_edit() {
+    let upstream = Upstream::start();
+    let scratch = Scratch::new("audit-chain");
+    let policy = scratch.write("policy.yaml", &loopback_policy(&[upstream.port()], ""));
+    let audit = scratch.path("audit.jsonl");
+    let start = || {
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args(["proxy", "--policy"])
+            .arg(&policy)
+            .arg("--audit-log")
+            .arg(&audit)
+            .args(["--listen", "127.0.0.1:0"]);
+        Proxy::spawn(&mut command, Scratch::new("proxy"), audit.clone())
+    };
+    let proxy = start();
+    for path in ["/a", "/b", "/c"] {
+        assert_eq!(
+            curl_via(&proxy, &[&allowed_url(&upstream, path)]).status,
+            200
+        );
+    }
+    let records = proxy.audit(3);
+    drop(proxy);
+    let digest = tool_ok(std::process::Command::new("sha256sum").arg(&policy));
+    let digest = digest.split_whitespace().next().unwrap().to_owned();
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], i, "{record}");
+        assert_eq!(record["policy"], digest.as_str(), "{record}");
+    }
+    assert_eq!(record_prev(&records[0]), "0".repeat(64));
+    let verify = |file: &std::path::Path| {
+        let out = std::process::Command::new(BIN)
+            .args(["audit", "verify"])
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, said) = verify(&audit);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("3 records"), "{said}");
+
+    // A restarted proxy continues the chain in the same file.
+    let proxy = start();
+    assert_eq!(
+        curl_via(&proxy, &[&allowed_url(&upstream, "/d")]).status,
+        200
+    );
+    let records = proxy.audit(4);
+    drop(proxy);
+    assert_eq!(records[3]["seq"], 3, "{}", records[3]);
+    assert_eq!(verify(&audit).0, Some(0));
+
+    // One path changed by a byte: caught at the next line.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let edited = scratch.write(
+        "edited.jsonl",
+        &text.replacen("\"path\":\"/b\"", "\"path\":\"/x\"", 1),
+    );
+    let (code, said) = verify(&edited);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("edited.jsonl:3:"), "{said}");
+}
+
+fn record_prev(record: &serde_json::Value) -> String {
+    record["prev"].as_str().unwrap_or_default().to_owned()
+}
+
 /// A small tmpfs mounted for a test, unmounted when dropped.
 struct SmallDisk(std::path::PathBuf);
 

@@ -32,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::chain::Chain;
 use crate::decision::{Decision, Outcome, Reason};
 
 /// Records that may wait for the writer before senders block: a burst of a
@@ -98,6 +99,9 @@ pub struct Record {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<Arc<str>>,
+    /// SHA-256 of the policy in force when the exchange began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Arc<str>>,
     pub client: Arc<str>,
     pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,11 +199,13 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Opens (creating, mode 0600, appending) the log and starts its writer.
     pub fn open(target: AuditTarget) -> Result<AuditLog, AuditError> {
-        let sink = Sink::open(&target)?;
+        let mut sink = Sink::open(&target)?;
         let (queue, inbox) = sync_channel(QUEUE_RECORDS);
         let health = Arc::new(Health::default());
+        let chain = sink.chain();
         let writer = Writer {
             sink,
+            chain,
             target,
             health: health.clone(),
             held: VecDeque::new(),
@@ -330,6 +336,25 @@ impl Sink {
         }
     }
 
+    /// Where a chain continues: after the last line of a file that ends
+    /// in a chained record (tollgate restarted on its log), else a new one
+    /// (a new or rotated file, standard output). A file cut short mid-line
+    /// gets a newline first, so that the cut shows as the bad line it is.
+    fn chain(&mut self) -> Chain {
+        let Sink::File(file) = self else {
+            return Chain::default();
+        };
+        let tail = last_line(file.get_ref()).unwrap_or_default();
+        match tail {
+            Tail::Line(line) => Chain::after(&line).unwrap_or_default(),
+            Tail::Cut => {
+                let _ = file.write_all(b"\n").and_then(|()| file.flush());
+                Chain::default()
+            }
+            Tail::Empty => Chain::default(),
+        }
+    }
+
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Sink::Stdout(out) => out,
@@ -339,9 +364,45 @@ impl Sink {
     }
 }
 
+/// How an existing log file ends.
+#[derive(Default)]
+enum Tail {
+    #[default]
+    Empty,
+    /// Its last line, whole (without the newline).
+    Line(Vec<u8>),
+    /// Mid-line: no newline at the end.
+    Cut,
+}
+
+/// The last line of `file`, read from its end (a record is far shorter
+/// than the 1 MiB looked at).
+fn last_line(file: &File) -> io::Result<Tail> {
+    use std::os::unix::fs::FileExt;
+    const LOOK_BACK: u64 = 1024 * 1024;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(Tail::Empty);
+    }
+    let start = len.saturating_sub(LOOK_BACK);
+    let mut tail = vec![0u8; usize::try_from(len - start).unwrap_or(0)];
+    file.read_exact_at(&mut tail, start)?;
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Ok(Tail::Cut);
+    };
+    let line = body
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default()
+        .to_vec();
+    Ok(Tail::Line(line))
+}
+
 fn open_append(path: &Path) -> Result<File, AuditError> {
+    // Readable too: where the hash chain continues is its last line.
     OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o600)
         .open(path)
@@ -354,6 +415,8 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 /// The writer thread's state.
 struct Writer {
     sink: Sink,
+    /// Where the file's hash chain stands ([`crate::chain`]).
+    chain: Chain,
     target: AuditTarget,
     health: Arc<Health>,
     /// Lines the sink has not taken yet (it failed), oldest first.
@@ -425,9 +488,15 @@ impl Writer {
         }
     }
 
+    /// Links each held line into the chain as it is handed over: a line the
+    /// sink does not take leaves the chain as it was.
     fn write_lines(&mut self) -> io::Result<()> {
         while let Some(line) = self.held.front() {
-            self.sink.writer().write_all(line)?;
+            let record = line.strip_suffix(b"\n").unwrap_or(line);
+            let (mut chained, next) = self.chain.link(record);
+            chained.push(b'\n');
+            self.sink.writer().write_all(&chained)?;
+            self.chain = next;
             if line_is_refusal(line) {
                 self.held_refusals = self.held_refusals.saturating_sub(1);
             }
@@ -460,7 +529,10 @@ impl Writer {
     fn reopen(&mut self) {
         let _ = self.sink.writer().flush();
         match Sink::open(&self.target) {
-            Ok(reopened) => self.sink = reopened,
+            Ok(reopened) => {
+                self.sink = reopened;
+                self.chain = self.sink.chain();
+            }
             Err(e) => tracing::error!("{e}; still writing to the old file"),
         }
     }
@@ -506,6 +578,7 @@ mod tests {
             ts: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             id: id.into(),
             phase: Some(Arc::from("agent")),
+            policy: None,
             client: Arc::from("127.0.0.1:5000"),
             kind: Kind::Http,
             method: Some("GET".into()),

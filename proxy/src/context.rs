@@ -146,6 +146,7 @@ impl Conn {
             &self.shared.audit,
             self.client.clone(),
             self.shared.config.phase.clone(),
+            self.shared.generation().policy.digest().clone(),
             kind,
         )
     }

@@ -30,16 +30,19 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// An exchange under the policy whose digest is `policy`.
     pub fn begin(
         log: &AuditLog,
         client: Arc<str>,
         phase: Option<Arc<str>>,
+        policy: Arc<str>,
         kind: Kind,
     ) -> Exchange {
         let record = Record {
             ts: SystemTime::now(),
             id: log.next_id(),
             phase,
+            policy: Some(policy),
             client,
             kind,
             method: None,

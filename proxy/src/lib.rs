@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod chain;
 mod client;
 mod config;
 mod connect;

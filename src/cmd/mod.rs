@@ -1,3 +1,4 @@
+pub mod audit;
 pub mod ca;
 pub mod cache;
 pub mod exec;

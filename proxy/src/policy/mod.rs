@@ -70,6 +70,8 @@ pub struct Target<'a> {
 #[derive(Debug)]
 pub struct Policy {
     origin: Arc<str>,
+    /// SHA-256 (hex) of the policy's text, stamped on audit records.
+    digest: Arc<str>,
     mode: Mode,
     enforce: bool,
     allow: RuleSet,
@@ -92,7 +94,9 @@ impl Policy {
             })?;
             return Policy::from_yaml(arg, &text);
         }
-        compile(&format!("builtin:{arg}"), builtin_file(arg)?, arg)
+        let text = builtin::source(arg).ok_or_else(|| PolicyError::NotFound(arg.to_owned()))?;
+        let digest = sha256_hex(text.as_bytes());
+        compile(&format!("builtin:{arg}"), builtin_file(arg)?, arg, digest)
     }
 
     /// The policy `tollgate proxy` enforces when given none.
@@ -120,13 +124,21 @@ impl Policy {
         if file.version.is_none() {
             return Err(missing_version());
         }
-        compile(origin, file, "allow")
+        compile(origin, file, "allow", sha256_hex(text.as_bytes()))
     }
 
     /// Compiles a policy already parsed, e.g. one written inline in an
     /// environment file (which may leave `version` out).
+    /// Its digest is of the parsed form (there is no text of its own).
     pub fn from_file(origin: &str, file: PolicyFile) -> Result<Policy, PolicyError> {
-        compile(origin, file, "allow")
+        let digest = sha256_hex(format!("{file:?}").as_bytes());
+        compile(origin, file, "allow", digest)
+    }
+
+    /// SHA-256 (hex) of the policy's text: what audit records name as the
+    /// policy in force.
+    pub fn digest(&self) -> &Arc<str> {
+        &self.digest
     }
 
     /// Refuses a policy that cannot be enforced as written (invariant 5: a
@@ -431,7 +443,23 @@ struct NamedSpec {
 
 /// `allow_prefix` names allow rules: `allow` gives `allow[3]:github.com`; a
 /// built-in policy uses its own name, as its rules do when used as a preset.
-fn compile(origin: &str, file: PolicyFile, allow_prefix: &str) -> Result<Policy, PolicyError> {
+fn sha256_hex(bytes: &[u8]) -> Arc<str> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    Arc::from(
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
+}
+
+fn compile(
+    origin: &str,
+    file: PolicyFile,
+    allow_prefix: &str,
+    digest: Arc<str>,
+) -> Result<Policy, PolicyError> {
     let invalid = |message: String| PolicyError::Invalid {
         origin: origin.to_owned(),
         message,
@@ -443,6 +471,7 @@ fn compile(origin: &str, file: PolicyFile, allow_prefix: &str) -> Result<Policy,
     let deny = name_rules("deny", file.deny);
     Ok(Policy {
         origin: Arc::from(origin),
+        digest,
         mode: file.mode,
         enforce: file.enforce,
         allow: build_rule_set(allow, PathCase::Exact).map_err(invalid)?,
