@@ -36,7 +36,8 @@ pub(crate) enum Message {
     MapMe(u32),
     /// host -> stage: the maps are written (or not: `false`).
     Mapped(bool),
-    /// stage -> host: PID 1 is this process (in the host's PID namespace).
+    /// stage -> host: PID 1 is this process (in the host's PID namespace),
+    /// and it has left the host's filesystem (or failed to).
     Started(u32),
     /// stage -> host: PID 1 exited with this status (in the shell's
     /// convention), and with it every process of the sandbox.

@@ -10,7 +10,7 @@
 //! IPC, UTS and cgroup namespaces we are PID 1 of.
 
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::unistd::Pid;
@@ -27,8 +27,10 @@ use crate::{capabilities, mounts, proc, split_root, sys, SandboxError};
 
 /// Runs PID 1 to its end; its exit status is the command's (or
 /// [`SETUP_FAILED`] when the sandbox could not be built).
-pub(crate) fn run(handoff: Handoff) -> i32 {
-    match build_and_supervise(handoff) {
+/// `pivoted` gets a byte once the root filesystem is in place and the
+/// host's is out of reach (the stage waits for it).
+pub(crate) fn run(handoff: Handoff, pivoted: OwnedFd) -> i32 {
+    match build_and_supervise(handoff, pivoted) {
         Ok(code) => code,
         Err(Ended::Setup(error)) => {
             let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {error}");
@@ -52,7 +54,7 @@ impl From<SandboxError> for Ended {
     }
 }
 
-fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
+fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd) -> Result<i32, Ended> {
     let Handoff {
         spec,
         scratch,
@@ -142,6 +144,7 @@ fn build_and_supervise(handoff: Handoff) -> Result<i32, Ended> {
     //    the files laid over the root (resolv.conf, the CA bundle, ...).
     let staged = mounter.stage_files(&spec.files)?;
     rootfs::pivot_into(&layers.root)?;
+    let _ = std::fs::File::from(pivoted).write_all(b"p");
     mounter.as_sandbox_root(|| rootfs::write_files(&spec.files, &staged))??;
     // 9. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;

@@ -170,7 +170,8 @@ pub struct Starting {
 
 /// The stage process and the run directory it uses. Dropping it kills the
 /// stage if it still runs — PID 1 and the whole sandbox go with it
-/// (parent-death signals) — reaps it, and removes the directory.
+/// (parent-death signals) — reaps it, and removes the directory if it is
+/// still there.
 struct Stage {
     process: StageProcess,
     run_dir: RunDir,
@@ -265,6 +266,11 @@ impl Starting {
         let control = self.control.accept(stage)?;
         control.send(&Message::Handoff(handoff))?;
         let (listener, init) = follow_start(&control, stage, &self.ids)?;
+        // PID 1 has left the host's filesystem: its scratch mount point and
+        // the control socket's path are no longer needed. Removed now, not
+        // at the end, where it would wait for the kernel to tear the
+        // sandbox's mount namespace down (0.7 ms of every sandbox's end).
+        self.stage.run_dir.remove();
         let terminal = match self.master.take() {
             Some((master, terminals)) => Some(Relay::start(master, terminals)?),
             None => None,
@@ -378,9 +384,15 @@ impl Init {
 /// Removes a run directory if start-up fails half way.
 struct RunDir(PathBuf);
 
+impl RunDir {
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.remove();
     }
 }
 

@@ -15,6 +15,8 @@
 
 use std::io::Write;
 use std::io::{Read, Seek, SeekFrom};
+
+use nix::fcntl::OFlag;
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -107,12 +109,23 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
         what: "mount, PID, IPC, UTS and cgroup",
         source,
     })?;
+    // PID 1 says on this pipe when it has left the host's filesystem
+    // (pivot_root), or closes it failing: from then on the host side may
+    // remove the run directory (PID 1's scratch mount point) while the
+    // sandbox runs, instead of after its mount namespace is torn down.
+    let (pivoted_read, pivoted_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SandboxError::setup("create a pipe"))?;
     match sys::fork_single_threaded().map_err(SandboxError::setup("start PID 1"))? {
-        ForkResult::Child => std::process::exit(init::run(handoff)),
+        ForkResult::Child => {
+            drop(pivoted_read);
+            std::process::exit(init::run(handoff, pivoted_write))
+        }
         ForkResult::Parent { child } => {
+            drop(pivoted_write);
             // All that is left to us is waiting, in the sandbox's
             // namespaces: with no privilege.
             capabilities::become_sandbox_root_on_host(&handoff.ids)?;
+            let _ = std::fs::File::from(pivoted_read).read(&mut [0u8; 1]);
             control.send(&Message::Started(child.as_raw().unsigned_abs()))?;
             let code = wait_for(child)?;
             // The host side may go on while we exit: our exit unmounts the
