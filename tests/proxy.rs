@@ -911,6 +911,74 @@ fn unix_socket_listener_serves_next_to_tcp() {
     assert_eq!(r.status, 200);
 }
 
+/// A reload re-decides open tunnels: one the new policy denies is closed
+/// (with a record saying why), one it still allows carries on.
+#[test]
+fn a_reload_closes_the_open_tunnels_the_new_policy_denies() {
+    let upstream = TlsUpstream::start(&["allowed.test", "other.test"]);
+    let port = upstream.port();
+    let scratch = Scratch::new("reload-tunnels");
+    let both = format!(
+        "version: 1\nmode: limited\nallow:\n  - host: allowed.test\n    ports: [{port}]\n  - host: other.test\n    ports: [{port}]\nhosts: {{allowed.test: 127.0.0.1, other.test: 127.0.0.1}}\nallow_internal: [127.0.0.1/32]\n"
+    );
+    let policy_path = scratch.write("policy.yaml", &both);
+    let proxy = Proxy::start_with_policy_file(&policy_path, &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let config = Arc::new(client_config(roots_from(&upstream.ca_pem)));
+        let open = |host: &'static str| {
+            let config = config.clone();
+            let proxy = &proxy;
+            async move {
+                let stream = connect_tunnel(proxy, host, port).await;
+                let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .unwrap()
+            }
+        };
+        let mut denied = open("allowed.test").await;
+        let mut kept = open("other.test").await;
+
+        std::fs::write(
+            &policy_path,
+            both.replace(
+                "  - host: allowed.test\n    ports: [",
+                "  - host: gone.test\n    ports: [",
+            ),
+        )
+        .unwrap();
+        proxy.signal("HUP");
+        wait_for(|| proxy.stderr().contains("reloaded policy"));
+
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(3), denied.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the denied tunnel stayed open: {read:?}"
+        );
+        kept.write_all(b"GET /still HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), kept.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    });
+    let closed = proxy
+        .audit(3)
+        .into_iter()
+        .find(|r| r["kind"] == "connect" && r["decision"] == "deny")
+        .expect("a record of the closed tunnel");
+    assert_eq!(closed["host"], "allowed.test", "{closed}");
+    assert_eq!(closed["reason"], "not-allowlisted", "{closed}");
+}
+
 #[test]
 fn sighup_reloads_a_good_policy_and_keeps_the_old_one_when_the_new_one_is_broken() {
     let upstream = Upstream::start();

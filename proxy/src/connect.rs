@@ -107,7 +107,9 @@ async fn run_tunnel(
     mut upstream: TcpStream,
 ) {
     let counters = exchange.counters();
-    let (idle, stop) = (conn.tunnel_idle_timeout(), conn.stopping());
+    // Closed at shutdown, or when a reloaded policy no longer allows it.
+    let tracked = conn.track(Kind::Connect, &target, None);
+    let (idle, stop) = (conn.tunnel_idle_timeout(), tracked.close.clone());
     let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let mut client = parts.io.into_inner();

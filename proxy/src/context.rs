@@ -3,13 +3,15 @@
 //! per-connection context handed to every handler: who the client is, how
 //! to begin an audit record, how to refuse.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Scheme;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,7 +21,8 @@ use crate::client::{self, OpenUpstreams, UpstreamClient};
 use crate::config::{Interception, ProxyConfig};
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
-use crate::policy::Policy;
+use crate::host::HostPort;
+use crate::policy::{Policy, Target};
 use crate::respond::{refusal, ProxyBody, Refused};
 use crate::target::Malformed;
 use crate::upstream::DialTimeouts;
@@ -76,6 +79,8 @@ impl Generation {
 /// The state of one running proxy that its connections share.
 pub(crate) struct Shared {
     generation: ArcSwap<Generation>,
+    /// Tunnels and relays open now: a new policy re-decides them.
+    tunnels: Arc<OpenTunnels>,
     upstream: Arc<OpenUpstreams>,
     pub audit: AuditLog,
     pub config: ProxyConfig,
@@ -92,6 +97,7 @@ impl Shared {
         let generation = Generation::new(policy, &config, &upstream);
         Shared {
             generation: ArcSwap::from_pointee(generation),
+            tunnels: Arc::new(OpenTunnels::default()),
             upstream,
             audit,
             config,
@@ -106,12 +112,92 @@ impl Shared {
     }
 
     /// Enforces `policy` from the next request on.
+    /// Enforces `policy` from the next request on, and closes every open
+    /// tunnel and relay it no longer allows, each with a record.
     pub fn replace_policy(&self, policy: Arc<Policy>) {
         self.generation.store(Arc::new(Generation::new(
-            policy,
+            policy.clone(),
             &self.config,
             &self.upstream,
         )));
+        self.tunnels
+            .redecide(&policy, &self.audit, self.config.phase.as_ref());
+    }
+}
+
+/// What an open tunnel or relay was allowed as.
+struct Opened {
+    kind: Kind,
+    client: Arc<str>,
+    target: HostPort,
+    /// For a relay that began as a request (a WebSocket upgrade).
+    request: Option<(Method, String)>,
+    close: CancellationToken,
+}
+
+/// The tunnels and relays open now.
+#[derive(Default)]
+pub(crate) struct OpenTunnels {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Opened>>,
+}
+
+impl OpenTunnels {
+    fn redecide(&self, policy: &Policy, audit: &AuditLog, phase: Option<&Arc<str>>) {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        for opened in open.values() {
+            let target = Target {
+                host: &opened.target.host,
+                port: opened.target.port,
+            };
+            let decision = match &opened.request {
+                Some((method, path)) => policy.decide_request(target, method, path),
+                None => policy.decide_tunnel(target),
+            };
+            if decision.permits() {
+                continue;
+            }
+            opened.close.cancel();
+            let mut exchange = Exchange::begin(
+                audit,
+                opened.client.clone(),
+                phase.cloned(),
+                policy.digest().clone(),
+                opened.kind,
+            );
+            let record = exchange.record();
+            record.method = Some(match &opened.request {
+                Some((method, _)) => method.to_string(),
+                None => "CONNECT".to_owned(),
+            });
+            record.host = Some(opened.target.host.to_string());
+            record.port = Some(opened.target.port);
+            record.path = opened.request.as_ref().map(|(_, path)| path.clone());
+            exchange.decide(&decision);
+            tracing::info!(
+                id = exchange.id(),
+                "the new policy does not allow {} any more: closed",
+                opened.target
+            );
+        }
+    }
+}
+
+/// An open tunnel's registration; dropping it deregisters the tunnel.
+pub(crate) struct Tracked {
+    id: u64,
+    tunnels: Arc<OpenTunnels>,
+    /// Cancelled at shutdown, or when a new policy denies the tunnel.
+    pub close: CancellationToken,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.tunnels
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
@@ -178,6 +264,32 @@ impl Conn {
     /// Cancelled when the proxy closes everything.
     pub fn stopping(&self) -> CancellationToken {
         self.shared.closing.clone()
+    }
+
+    /// Registers a tunnel to `target` (a relay begun as `request`), so that
+    /// a new policy re-decides it; its `close` fires at shutdown too.
+    pub fn track(
+        &self,
+        kind: Kind,
+        target: &HostPort,
+        request: Option<(Method, String)>,
+    ) -> Tracked {
+        let tunnels = self.shared.tunnels.clone();
+        let id = tunnels.next.fetch_add(1, Ordering::Relaxed);
+        let close = self.shared.closing.child_token();
+        let opened = Opened {
+            kind,
+            client: self.client.clone(),
+            target: target.clone(),
+            request,
+            close: close.clone(),
+        };
+        tunnels
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, opened);
+        Tracked { id, tunnels, close }
     }
 
     /// Runs a task that shutdown waits for (tunnels).

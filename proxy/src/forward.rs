@@ -94,7 +94,7 @@ pub(crate) async fn deliver(
     match result {
         Ok(response) => match client_upgrade {
             Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                relay_upgrade(conn, exchange, upgrade, response)
+                relay_upgrade(conn, exchange, upgrade, response, &target)
             }
             _ => relay_response(exchange, response),
         },
@@ -186,6 +186,7 @@ fn relay_upgrade(
     mut exchange: Exchange,
     client_upgrade: OnUpgrade,
     mut response: Response<Incoming>,
+    target: &HostPort,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = note_response(&mut exchange, response);
@@ -195,8 +196,15 @@ fn relay_upgrade(
     parts
         .headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let (idle, stop) = (conn.tunnel_idle_timeout(), conn.stopping());
+    // Re-decided as the request it began as when the policy is reloaded.
+    let request = exchange.record().method.clone().and_then(|method| {
+        let method = Method::from_bytes(method.as_bytes()).ok()?;
+        Some((method, exchange.record().path.clone().unwrap_or_default()))
+    });
+    let tracked = conn.track(exchange.record().kind, target, request);
+    let (idle, stop) = (conn.tunnel_idle_timeout(), tracked.close.clone());
     conn.spawn(async move {
+        let _tracked = tracked;
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let counters = exchange.counters();

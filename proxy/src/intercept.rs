@@ -76,7 +76,9 @@ pub(crate) async fn serve(
         }
     };
     let handshake = tokio::time::timeout(conn.first_byte_timeout(), hello.into_stream(config));
-    let stopping = conn.stopping();
+    // Closed at shutdown, or when a reloaded policy no longer allows it.
+    let tracked = conn.track(Kind::Connect, &target, None);
+    let stopping = tracked.close.clone();
     let tls = tokio::select! {
         finished = handshake => match finished {
             Ok(Ok(tls)) => tls,
@@ -93,6 +95,7 @@ pub(crate) async fn serve(
     tokio::select! {
         () = serve_requests(conn, TokioIo::new(tls), target) => {}
         () = clock.idle_for(idle) => tracing::debug!(id = exchange.id(), "intercepted tunnel idle"),
+        () = stopping.cancelled() => {}
     }
 }
 
