@@ -463,6 +463,41 @@ fn a_tls_client_hello_for_another_host_inside_an_allowed_connect_is_refused() {
     assert!(canary.bytes() > 0, "matching SNI was not relayed");
 }
 
+/// Every response the proxy writes or relays names its audit record: a
+/// relayed one and the 200 that opens a tunnel, as refusals already did.
+#[test]
+fn every_response_names_its_audit_record() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let r = curl_via(&proxy, &[&allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(
+        r.header("x-tollgate-id").as_deref(),
+        record["id"].as_str(),
+        "{r:?}"
+    );
+
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    let authority = format!("allowed.test:{}", upstream.port());
+    write!(
+        stream,
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 1024];
+    let n = stream.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+    drop(stream);
+    let record = proxy.audit_nth(2);
+    let id = record["id"].as_str().unwrap_or_default();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("x-tollgate-id: {id}")),
+        "{head} / {record}"
+    );
+}
+
 /// Every record names the policy in force (its SHA-256) and is chained to
 /// the one before it; `tollgate audit verify` finds an edited record, and a
 /// proxy restarted on the same file continues the chain.

@@ -24,7 +24,7 @@ use crate::hello::Hello;
 use crate::host::{Host, HostPort};
 use crate::intercept;
 use crate::policy::Target;
-use crate::respond::{empty, ProxyBody};
+use crate::respond::{empty, ProxyBody, ID_HEADER};
 use crate::retry::{self, Stop};
 use crate::sniff::{read_opening, Opening};
 use crate::target::connect_target;
@@ -63,6 +63,7 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
         exchange.record().status = Some(StatusCode::OK.as_u16());
         let conn = conn.clone();
         let tunnel = conn.clone();
+        let established = established(&exchange);
         conn.spawn(async move {
             match hyper::upgrade::on(request).await {
                 Ok(upgraded) => {
@@ -71,7 +72,7 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
                 Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
             }
         });
-        return Response::new(empty());
+        return established;
     }
 
     let upstream = match upstream::dial(&generation.policy, &target, conn.dial_timeouts()).await {
@@ -86,6 +87,7 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
         }
     };
     exchange.record().status = Some(StatusCode::OK.as_u16());
+    let established = established(&exchange);
     let tunnel = conn.clone();
     conn.spawn(async move {
         match hyper::upgrade::on(request).await {
@@ -93,7 +95,16 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
             Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
         }
     });
-    Response::new(empty())
+    established
+}
+
+/// The 200 that opens a tunnel, naming its record.
+fn established(exchange: &Exchange) -> Response<ProxyBody> {
+    let mut response = Response::new(empty());
+    if let Ok(id) = http::HeaderValue::from_str(exchange.id()) {
+        response.headers_mut().insert(ID_HEADER, id);
+    }
+    response
 }
 
 /// Checks the opening, then relays: with splice when the client is a TCP

@@ -19,7 +19,7 @@ use crate::decision::{Decision, Reason};
 use crate::exchange::{Exchange, Metered};
 use crate::host::HostPort;
 use crate::policy::Target;
-use crate::respond::{discard_body, empty, strip_hop_by_hop, ProxyBody};
+use crate::respond::{discard_body, empty, strip_hop_by_hop, ProxyBody, ID_HEADER};
 use crate::target::{authority_text, http_target, Malformed};
 use crate::tunnel::relay;
 
@@ -235,5 +235,9 @@ fn note_response(
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    // The record's id, in place of any the upstream sent.
+    if let Ok(id) = HeaderValue::from_str(exchange.id()) {
+        parts.headers.insert(ID_HEADER, id);
+    }
     (parts, body)
 }
