@@ -1426,6 +1426,30 @@ fn a_sandbox_that_never_starts_leaves_no_stage_behind() {
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
+/// The sandbox is built while the policy loads; its command runs only
+/// once the proxy serves. A policy that does not load: the command never
+/// ran (it would have left a file in the bound directory).
+#[test]
+fn the_command_never_runs_when_the_policy_does_not_load() {
+    require_root!();
+    let dir = Scratch::new("no-go");
+    owned_by_sandbox_root(&dir.0);
+    let bad = dir.write("bad.yaml", "version: 1\nmode: limited\nalow: [x]\n");
+    let out = std::process::Command::new(BIN)
+        .args(["exec", "--policy"])
+        .arg(&bad)
+        .arg("--bind")
+        .arg(format!("{}:/out", dir.0.display()))
+        .args(["--", "sh", "-c", "touch /out/ran"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("alow"), "{stderr}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!dir.path("ran").exists(), "the command ran: {stderr}");
+}
+
 #[test]
 fn run_directories_of_dead_tollgates_are_removed() {
     require_root!();

@@ -95,14 +95,13 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
         policy: plan.policy,
         audit: shared.audit.clone(),
         phase: plan.name,
-        trust: shared.trust.as_ref(),
         shutdown_grace: Duration::ZERO,
     };
     let limits = Limits {
         name: &format!("{}-{}", shared.run_id, plan.name),
         limits: shared.limits,
     };
-    let enclave = Enclave::start(stage, spec, network, limits)?;
+    let enclave = Enclave::start(stage, spec, shared.trust.as_ref(), network, limits)?;
     let warnings = enclave.warnings().to_vec();
     for warning in &warnings {
         (shared.events)(Event::Warning(warning.clone()));

@@ -1,7 +1,8 @@
 //! The host side and the sandbox's stage talk over a unix socket in the
 //! host side's private run directory (a path both can reach whatever
 //! network namespace they are in; SOCK_SEQPACKET keeps messages apart).
-//! The host side sends the sandbox's spec (a sealed memfd); the stage sends
+//! The host side sends the sandbox's spec (a sealed memfd) and, once its
+//! proxy serves, the go for the command; the stage sends
 //! the proxy's listener it bound inside the sandbox's network namespace,
 //! may ask for subordinate id maps (rootless), says which process is
 //! PID 1, and how it exited.
@@ -39,6 +40,9 @@ pub(crate) enum Message {
     /// stage -> host: PID 1 is this process (in the host's PID namespace),
     /// and it has left the host's filesystem (or failed to).
     Started(u32),
+    /// host -> stage: the proxy serves and the policy is loaded: the
+    /// command may run.
+    Go,
     /// stage -> host: PID 1 exited with this status (in the shell's
     /// convention), and with it every process of the sandbox.
     Exited(u32),
@@ -53,6 +57,7 @@ const MAPPED: u8 = b'm';
 const NOT_MAPPED: u8 = b'x';
 const STARTED: u8 = b'P';
 const EXITED: u8 = b'E';
+const GO: u8 = b'G';
 const FAILED: u8 = b'F';
 /// The longest failure message sent (a path or two and an errno).
 const MAX_MESSAGE: usize = 4096;
@@ -103,6 +108,7 @@ impl Control {
             Message::Mapped(false) => (NOT_MAPPED, 0, None, ""),
             Message::Started(pid) => (STARTED, *pid, None, ""),
             Message::Exited(code) => (EXITED, *code, None, ""),
+            Message::Go => (GO, 0, None, ""),
             Message::Failed(why) => (FAILED, 0, None, why.as_str()),
         };
         let mut bytes = vec![tag];
@@ -166,6 +172,7 @@ impl Control {
             NOT_MAPPED => Message::Mapped(false),
             STARTED => Message::Started(number),
             EXITED => Message::Exited(number),
+            GO => Message::Go,
             FAILED => Message::Failed(
                 String::from_utf8_lossy(bytes.get(5..len).unwrap_or_default()).into_owned(),
             ),

@@ -9,7 +9,7 @@
 //! the proxy's listener in it), joined the cgroups and made the mount, PID,
 //! IPC, UTS and cgroup namespaces we are PID 1 of.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
@@ -28,9 +28,10 @@ use crate::{capabilities, mounts, proc, split_root, sys, SandboxError};
 /// Runs PID 1 to its end; its exit status is the command's (or
 /// [`SETUP_FAILED`] when the sandbox could not be built).
 /// `pivoted` gets a byte once the root filesystem is in place and the
-/// host's is out of reach (the stage waits for it).
-pub(crate) fn run(handoff: Handoff, pivoted: OwnedFd) -> i32 {
-    match build_and_supervise(handoff, pivoted) {
+/// host's is out of reach (the stage waits for it); a byte on `go` lets the
+/// command run (the host side's proxy serves by then).
+pub(crate) fn run(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> i32 {
+    match build_and_supervise(handoff, pivoted, go) {
         Ok(code) => code,
         Err(Ended::Setup(error)) => {
             let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {error}");
@@ -54,7 +55,7 @@ impl From<SandboxError> for Ended {
     }
 }
 
-fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd) -> Result<i32, Ended> {
+fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> Result<i32, Ended> {
     let Handoff {
         spec,
         scratch,
@@ -156,11 +157,15 @@ fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd) -> Result<i32, Ended>
     //     filter that allows only what supervising takes; not dumpable, so
     //     nothing in the sandbox may read our memory or environment.
     drop_privileges(&ids, &filters)?;
-    // 11. The command: it becomes root of its user namespace, takes its
+    // 11. The host side's go: its proxy serves and its policy is loaded
+    //     (it loaded them while we built). Without it nothing of the
+    //     command runs.
+    wait_for_go(go)?;
+    // 12. The command: it becomes root of its user namespace, takes its
     //     terminal, drops every capability, sets no_new_privs, installs the
     //     seccomp allowlist and execs (command.rs).
     let child = start(pending)?;
-    // 12. Reap, forward signals, and end the namespace with the command.
+    // 13. Reap, forward signals, and end the namespace with the command.
     Ok(supervise(&mut signals, child)?)
 }
 
@@ -182,6 +187,18 @@ fn map_ids(ids: &IdMapping, proc: &Path) -> Result<Option<Idmap>, SandboxError> 
         root_uid: ids.host_root_uid(),
         root_gid: ids.host_root_gid(),
     }))
+}
+
+/// Waits for the go; `Err` when the host side gave up instead.
+fn wait_for_go(go: OwnedFd) -> Result<(), Ended> {
+    let mut byte = [0u8; 1];
+    match std::fs::File::from(go).read(&mut byte) {
+        Ok(1) => Ok(()),
+        _ => Err(Ended::NotRun(
+            i32::from(SETUP_FAILED),
+            "the sandbox was abandoned before its command ran".into(),
+        )),
+    }
 }
 
 fn start(pending: Pending) -> Result<Pid, Ended> {

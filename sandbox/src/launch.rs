@@ -158,8 +158,8 @@ impl Output {
 
 /// A sandbox's stage, started before its spec is ready: while the caller
 /// prepares the rest (policy, proxy, cgroups), the stage execs and makes
-/// the network namespace on the other CPU. [`Starting::start`] hands it
-/// the spec; dropping it instead kills the stage.
+/// the network namespace on the other CPU. [`Starting::hand_over`] hands
+/// it the spec; dropping it instead kills the stage.
 pub struct Starting {
     stage: Stage,
     ids: IdMapping,
@@ -209,6 +209,12 @@ impl Sandbox {
         })
     }
 
+    /// Lets the command run: once its proxy serves (and its policy is
+    /// loaded), never before.
+    pub fn go(&self) -> Result<(), SandboxError> {
+        self.control.send(&Message::Go)
+    }
+
     /// A handle for signalling the sandbox while another thread waits.
     pub fn init(&self) -> Init {
         Init(self.init)
@@ -239,15 +245,10 @@ pub struct Teardown {
 }
 
 impl Starting {
-    /// Hands the stage `spec` (in a sealed memfd, over the control
-    /// socket) and follows it until PID 1 runs. Returns the sandbox and
-    /// the proxy's listener, bound to `listen` inside the sandbox's network
-    /// namespace.
-    pub fn start(
-        mut self,
-        spec: Spec,
-        listen: SocketAddr,
-    ) -> Result<(Sandbox, TcpListener), SandboxError> {
+    /// Hands the stage `spec` (in a sealed memfd, over the control socket):
+    /// the sandbox builds up to its command while the caller goes on.
+    /// `listen` is where the proxy's listener is bound inside.
+    pub fn hand_over(mut self, spec: Spec, listen: SocketAddr) -> Result<HandedOver, SandboxError> {
         if !spec.base.is_dir() {
             return Err(SandboxError::BadBase(spec.base.clone()));
         }
@@ -262,10 +263,30 @@ impl Starting {
             console: self.console.take(),
         };
         let handoff = sealed_memfd(&handoff.to_bytes()?)?;
-        let stage = &mut self.stage.process;
-        let control = self.control.accept(stage)?;
+        let control = self.control.accept(&mut self.stage.process)?;
         control.send(&Message::Handoff(handoff))?;
-        let (listener, init) = follow_start(&control, stage, &self.ids)?;
+        Ok(HandedOver {
+            stage: self.stage,
+            control,
+            ids: self.ids,
+            master: self.master,
+        })
+    }
+}
+
+/// A sandbox being built. Dropping it kills it.
+pub struct HandedOver {
+    stage: Stage,
+    control: Control,
+    ids: IdMapping,
+    master: Option<(OwnedFd, Terminals)>,
+}
+
+impl HandedOver {
+    /// Waits until PID 1 has built the sandbox. Returns it — its command
+    /// waits for [`Sandbox::go`] — and the proxy's listener.
+    pub fn built(mut self) -> Result<(Sandbox, TcpListener), SandboxError> {
+        let (listener, init) = follow_start(&self.control, &mut self.stage.process, &self.ids)?;
         // PID 1 has left the host's filesystem: its scratch mount point and
         // the control socket's path are no longer needed. Removed now, not
         // at the end, where it would wait for the kernel to tear the
@@ -278,7 +299,7 @@ impl Starting {
         Ok((
             Sandbox {
                 stage: self.stage,
-                control,
+                control: self.control,
                 init,
                 terminal,
             },
@@ -308,7 +329,8 @@ fn follow_start(
                 return Ok((listener, sys::pid(pid)));
             }
             Some(Message::Failed(why)) => return Err(SandboxError::StageFailed(why)),
-            Some(Message::Mapped(_) | Message::Handoff(_) | Message::Exited(_)) | None => {
+            Some(Message::Mapped(_) | Message::Handoff(_) | Message::Exited(_) | Message::Go)
+            | None => {
                 return Err(SandboxError::Stage(stage.wait()?));
             }
         }

@@ -49,7 +49,8 @@ mod sys;
 
 pub use error::SandboxError;
 pub use launch::{
-    preflight, remove_stale_run_dirs, Init, Output, Sandbox, SandboxExit, Starting, Teardown,
+    preflight, remove_stale_run_dirs, HandedOver, Init, Output, Sandbox, SandboxExit, Starting,
+    Teardown,
 };
 pub use reaper::interrupts_come_from_a_terminal;
 pub use spec::{Bind, NewFile, Spec, DEFAULT_TMPFS_SIZE};

@@ -113,20 +113,27 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
     // (pivot_root), or closes it failing: from then on the host side may
     // remove the run directory (PID 1's scratch mount point) while the
     // sandbox runs, instead of after its mount namespace is torn down.
-    let (pivoted_read, pivoted_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SandboxError::setup("create a pipe"))?;
+    let pipe =
+        || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SandboxError::setup("create a pipe"));
+    let (pivoted_read, pivoted_write) = pipe()?;
+    // And we pass the host side's go on to PID 1 on this one (or close it:
+    // the command never runs).
+    let (go_read, go_write) = pipe()?;
     match sys::fork_single_threaded().map_err(SandboxError::setup("start PID 1"))? {
         ForkResult::Child => {
-            drop(pivoted_read);
-            std::process::exit(init::run(handoff, pivoted_write))
+            drop((pivoted_read, go_write));
+            std::process::exit(init::run(handoff, pivoted_write, go_read))
         }
         ForkResult::Parent { child } => {
-            drop(pivoted_write);
-            // All that is left to us is waiting, in the sandbox's
-            // namespaces: with no privilege.
+            drop((pivoted_write, go_read));
+            // All that is left to us is passing the go on and waiting, in
+            // the sandbox's namespaces: with no privilege.
             capabilities::become_sandbox_root_on_host(&handoff.ids)?;
             let _ = std::fs::File::from(pivoted_read).read(&mut [0u8; 1]);
             control.send(&Message::Started(child.as_raw().unsigned_abs()))?;
+            if matches!(control.recv(None), Ok(Some(Message::Go))) {
+                let _ = std::fs::File::from(go_write).write_all(b"g");
+            }
             let code = wait_for(child)?;
             // The host side may go on while we exit: our exit unmounts the
             // sandbox's mount namespace, which takes a while.

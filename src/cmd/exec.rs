@@ -22,37 +22,39 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
     // The sandbox's stage starts first: it makes the network namespace
-    // while we load the policy and start the proxy's runtime.
+    // while we read the CA; then the sandbox builds while we load the
+    // policy and start the proxy's runtime. Its command runs only once the
+    // proxy serves.
     let stage = Sandbox::prepare(Output::Inherit)?;
     let trust = load_ca(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
+    let spec = sandbox_spec(&args)?.masks(state.private_dirs(args.ca_dir.as_deref()));
+    warn_about_unwritable_binds(&spec.binds);
+    let limits = Limits {
+        name: &format!("exec-{}", std::process::id()),
+        limits: cgroup::Limits {
+            memory: args.memory,
+            pids: args.pids,
+        },
+    };
+    let building = Enclave::build(stage, spec, trust.as_ref(), limits)?;
     let policy = proxy::load_enforceable(&args.policy, trust.is_some())?;
     let audit = args.audit_fail.apply(AuditLog::open(match &args.audit_log {
         Some(path) => AuditTarget::parse(path),
         None => AuditTarget::Discard,
     })?);
-    let spec = sandbox_spec(&args)?.masks(state.private_dirs(args.ca_dir.as_deref()));
-    warn_about_unwritable_binds(&spec.binds);
     proxy::raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let ended = runtime.block_on(async {
-        // Handlers first: a signal that arrives while the sandbox starts is
-        // held for it, instead of killing tollgate and the sandbox with it.
+        // Handlers before the command runs: a signal that arrives from now
+        // on is held for it, instead of killing tollgate and the sandbox.
         let signals = HostSignals::install()?;
         let network = Network {
             policy: Arc::new(policy),
             audit,
             phase: "exec",
-            trust: trust.as_ref(),
             shutdown_grace: SHUTDOWN_GRACE,
         };
-        let limits = Limits {
-            name: &format!("exec-{}", std::process::id()),
-            limits: cgroup::Limits {
-                memory: args.memory,
-                pids: args.pids,
-            },
-        };
-        let enclave = Enclave::start(stage, spec, network, limits)?;
+        let enclave = building.serve(network)?;
         for warning in enclave.warnings() {
             say!("tollgate: warning: {warning}");
         }

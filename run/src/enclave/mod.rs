@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tollgate_certs::CertError;
 use tollgate_proxy::audit::AuditLog;
 use tollgate_proxy::policy::Policy;
-use tollgate_proxy::{ListenError, Listener, Proxy, ProxyConfig};
+use tollgate_proxy::{Interception, ListenError, Listener, Proxy, ProxyConfig};
 use tollgate_sandbox::cgroup::{self, CgroupError, PhaseCgroup};
 use tollgate_sandbox::{
-    interrupts_come_from_a_terminal, Init, Sandbox, SandboxError, Spec, Starting, Teardown,
+    interrupts_come_from_a_terminal, HandedOver, Init, Sandbox, SandboxError, Spec, Starting,
+    Teardown,
 };
 
 use crate::trust::LoadedCa;
@@ -49,7 +50,6 @@ pub struct Network<'a> {
     pub audit: AuditLog,
     /// Stamped on audit records and refusals: `exec`, `setup`, `agent`.
     pub phase: &'a str,
-    pub trust: Option<&'a LoadedCa>,
     /// How long in-flight requests may finish when the enclave ends.
     pub shutdown_grace: Duration,
 }
@@ -103,41 +103,79 @@ pub struct Enclave {
     warnings: Vec<String>,
 }
 
+/// An enclave whose sandbox is being built (its command waits); the
+/// caller loads the policy and starts the proxy's runtime meanwhile.
+/// Dropping it kills the sandbox.
+pub struct Building {
+    sandbox: HandedOver,
+    interception: Option<Interception>,
+    cgroup: PhaseCgroup,
+    warnings: Vec<String>,
+}
+
 impl Enclave {
     /// Starts the sandbox of `spec` — its environment and files laid over
-    /// the inside contract's — on `stage` (started early with
-    /// [`Sandbox::prepare`], so that it makes the network namespace while
-    /// the caller works), and its proxy. Must be called on a tokio
-    /// runtime, which serves the proxy.
-    pub fn start(
+    /// the inside contract's, with `trust`'s CA when the proxy intercepts
+    /// — on `stage` (started early with [`Sandbox::prepare`], so that it
+    /// makes the network namespace while the caller works). The command
+    /// runs only once [`Building::serve`] has its proxy serving.
+    pub fn build(
         stage: Starting,
         spec: Spec,
-        network: Network<'_>,
+        trust: Option<&LoadedCa>,
         limits: Limits<'_>,
-    ) -> Result<Enclave, EnclaveError> {
+    ) -> Result<Building, EnclaveError> {
         let (cgroup, report) = PhaseCgroup::create(limits.name, &limits.limits)?;
-        let intercepting = network.trust.is_some();
-        let mut files = inside::files(network.trust.map(|ca| ca.cert_pem.as_str()))?;
+        let mut files = inside::files(trust.map(|ca| ca.cert_pem.as_str()))?;
         files.extend(spec.files.iter().cloned());
-        let env = inside::merge(inside::environment(intercepting), spec.env.clone());
+        let env = inside::merge(inside::environment(trust.is_some()), spec.env.clone());
         let spec = spec.files(files).env(env).cgroups(cgroup.join_files());
-        let (sandbox, listener) = stage.start(spec, inside::PROXY_ADDR)?;
-        let config = ProxyConfig {
-            phase: Some(Arc::from(network.phase)),
-            interception: network.trust.map(|ca| ca.interception.clone()),
-            shutdown_grace: network.shutdown_grace,
-            ..ProxyConfig::default()
-        };
-        let proxy = Proxy::new(network.policy, network.audit, config);
-        tokio::spawn(Arc::clone(&proxy).serve(Listener::from_std(listener)?));
-        Ok(Enclave {
+        let sandbox = stage.hand_over(spec, inside::PROXY_ADDR)?;
+        Ok(Building {
             sandbox,
-            proxy,
+            interception: trust.map(|ca| ca.interception.clone()),
             cgroup,
             warnings: report.warnings(),
         })
     }
 
+    /// [`Enclave::build`], then [`Building::serve`].
+    pub fn start(
+        stage: Starting,
+        spec: Spec,
+        trust: Option<&LoadedCa>,
+        network: Network<'_>,
+        limits: Limits<'_>,
+    ) -> Result<Enclave, EnclaveError> {
+        Enclave::build(stage, spec, trust, limits)?.serve(network)
+    }
+}
+
+impl Building {
+    /// Waits for the sandbox to be built, serves its proxy under `network`
+    /// and lets the command run. Must be called on a tokio runtime, which
+    /// serves the proxy.
+    pub fn serve(self, network: Network<'_>) -> Result<Enclave, EnclaveError> {
+        let (sandbox, listener) = self.sandbox.built()?;
+        let config = ProxyConfig {
+            phase: Some(Arc::from(network.phase)),
+            interception: self.interception,
+            shutdown_grace: network.shutdown_grace,
+            ..ProxyConfig::default()
+        };
+        let proxy = Proxy::new(network.policy, network.audit, config);
+        tokio::spawn(Arc::clone(&proxy).serve(Listener::from_std(listener)?));
+        sandbox.go()?;
+        Ok(Enclave {
+            sandbox,
+            proxy,
+            cgroup: self.cgroup,
+            warnings: self.warnings,
+        })
+    }
+}
+
+impl Enclave {
     /// One line per limit the host cannot enforce.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
