@@ -164,8 +164,11 @@ impl Building {
             ..ProxyConfig::default()
         };
         let proxy = Proxy::new(network.policy, network.audit, config);
-        tokio::spawn(Arc::clone(&proxy).serve(Listener::from_std(listener)?));
+        let listener = Listener::from_std(listener)?;
+        // The policy is in force: the command may run. (Its connections
+        // wait in the listener's backlog until the proxy accepts them.)
         sandbox.go()?;
+        tokio::spawn(Arc::clone(&proxy).serve(listener));
         Ok(Enclave {
             sandbox,
             proxy,
