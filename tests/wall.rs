@@ -913,10 +913,13 @@ fn the_state_dir_is_hidden_behind_a_second_mount_of_it() {
 }
 
 /// Rootless, a top-level directory of the base with a mount below it (a
-/// home directory mounted on its own) is shown read-only, mounts and all:
-/// the sandbox cannot append to the user's real ~/.bashrc.
+/// home directory mounted on its own) is split entry by entry, as one
+/// overlay of the base would show it: what is mounted below is left out,
+/// the directory's own files are there, read-only, and a unix socket in
+/// it cannot be reached (a bind of the directory passed the real socket
+/// on: a user's docker socket is host root). Nothing reaches the host.
 #[test]
-fn rootless_mounts_below_the_base_are_read_only() {
+fn rootless_a_directory_with_mounts_below_shows_no_mount_and_no_socket() {
     require_root!();
     let user = TestUser::ensure();
     let top = RemoveOnDrop(PathBuf::from(format!("/tollgate-wall-{}", unique())));
@@ -926,16 +929,47 @@ fn rootless_mounts_below_the_base_are_read_only() {
     let rc = home.0.join("bashrc");
     std::fs::write(&rc, "# the user's own\n").unwrap();
     chown_tree(&home.0, user);
+    std::fs::write(top.0.join("plain.txt"), "PLAIN_VISIBLE\n").unwrap();
+    // A file mounted over one (as a namespace handle is in /run/netns).
+    let bound_source = top.0.join("source.txt");
+    std::fs::write(&bound_source, "FILE_MOUNT_CONTENT\n").unwrap();
+    let bound = top.0.join("bound.txt");
+    std::fs::write(&bound, "").unwrap();
+    tool_ok(
+        Command::new("mount")
+            .arg("--bind")
+            .arg(&bound_source)
+            .arg(&bound),
+    );
+    let _bound = HostMount(bound.clone());
+    std::fs::remove_file(&bound_source).unwrap();
+    let socket = top.0.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let script = format!(
+        "cat {top}/plain.txt {top}/bound.txt; \
+         if test -e {rc}; then echo RC_SHOWN; else echo RC_HIDDEN; fi; \
+         echo evil 2>/dev/null >> {rc}; \
+         python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print(\"SOCKET_REACHED\")' {socket} 2>/dev/null || echo SOCKET_REFUSED",
+        top = top.0.display(),
+        rc = rc.display(),
+        socket = socket.display(),
+    );
     let done = tool(
         user.command(BIN)
             .args(["exec", "--policy", "off", "--", "sh", "-c"])
-            .arg(format!(
-                "echo evil 2>/dev/null >> {rc}; echo \"ATTEMPT append rc=$?\"",
-                rc = rc.display()
-            ))
+            .arg(&script)
             .env("TOLLGATE_STATE_DIR", NO_STATE),
     );
-    all_refused(&done, 1);
+    assert!(done.stdout.contains("PLAIN_VISIBLE"), "{done:#?}");
+    assert!(!done.stdout.contains("FILE_MOUNT_CONTENT"), "{done:#?}");
+    assert!(done.stdout.contains("RC_HIDDEN"), "{done:#?}");
+    assert!(done.stdout.contains("SOCKET_REFUSED"), "{done:#?}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host's socket got a connection from the sandbox"
+    );
     assert_eq!(std::fs::read_to_string(&rc).unwrap(), "# the user's own\n");
 }
 

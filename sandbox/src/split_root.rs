@@ -8,10 +8,14 @@
 //! root is a small tmpfs, and each directory on the base's file system is
 //! an overlay of its own (the layers' same directory over the base's), its
 //! writes in the writable layer's same directory — the layout one overlay
-//! of the whole base would have written. What is mounted at a top-level
-//! directory (another file system: /proc, /sys, a separate /home) is left
-//! out, as one overlay of the base would leave it out; a directory with
-//! file systems mounted further below is bound read-only as it is.
+//! of the whole base would have written. What is mounted at a directory
+//! (another file system: /proc, /sys, a separate /home) is left out, as one
+//! overlay of the base would leave it out: an empty directory. A directory
+//! with file systems mounted further below is split the same way, entry by
+//! entry (it lies on the root's tmpfs, where writes to it stay): binding it
+//! as it is would show what is mounted below, and the real unix sockets in
+//! it, which no overlay passes on (a user's docker socket is host root).
+//! Sockets, FIFOs and device nodes at a split level are left out.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -21,9 +25,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::mounts::{bind_read_only, lock_down};
+use crate::mounts::bind_read_only;
 use crate::rootfs::{size_option, Layers, Mounter};
-use crate::{mountinfo, sys, SandboxError};
+use crate::{mountinfo, SandboxError};
 
 /// Whether the base has other file systems mounted below it, which a
 /// rootless overlay of it cannot carry.
@@ -32,6 +36,10 @@ pub fn has_mounts_below(base: &Path) -> bool {
         .iter()
         .any(|point| point != base && point.starts_with(base))
 }
+
+/// How deep directories with mounts below are split before what is below
+/// is left out (an empty directory): deeper than any host's layout.
+const MAX_SPLIT_DEPTH: usize = 16;
 
 /// Mounts the root of `base` with `read_only` layers (topmost first) and
 /// the writable `layers` at `layers.root`, one overlay per top-level
@@ -51,15 +59,50 @@ pub fn mount_root(
         Some(options.as_str()),
     )
     .map_err(SandboxError::setup("mount the root's tmpfs"))?;
-    let points = mountinfo::mount_points();
-    for name in top_level_names(base, read_only, &layers.upper) {
-        let source = base.join(&name);
-        let target = layers.root.join(&name);
+    let split = Split {
+        mounter,
+        base,
+        read_only,
+        layers,
+        points: mountinfo::mount_points(),
+    };
+    split.place_entries_of(Path::new(""), 0)
+}
+
+/// What splitting the root needs at every level.
+struct Split<'a> {
+    mounter: &'a Mounter,
+    base: &'a Path,
+    read_only: &'a [PathBuf],
+    layers: &'a Layers,
+    points: Vec<PathBuf>,
+}
+
+impl Split<'_> {
+    /// Places every entry of the directory `dir` (relative to the root).
+    fn place_entries_of(&self, dir: &Path, depth: usize) -> Result<(), SandboxError> {
+        for name in names_in(self.base, self.read_only, &self.layers.upper, dir) {
+            self.place(&dir.join(name), depth)?;
+        }
+        Ok(())
+    }
+
+    fn place(&self, entry: &Path, depth: usize) -> Result<(), SandboxError> {
+        let source = self.base.join(entry);
+        let target = self.layers.root.join(entry);
         let step = || format!("put {} in the sandbox's root", source.display());
-        let Some((found, meta)) = topmost(base, read_only, layers, &name) else {
-            continue;
+        let Some((found, meta)) = topmost(self.base, self.read_only, self.layers, entry) else {
+            return Ok(());
         };
-        if meta.file_type().is_symlink() {
+        if self.points.contains(&source) {
+            // Another file system mounted here (a directory, or a file such
+            // as a namespace handle bound over one): not part of the base.
+            if meta.is_dir() {
+                fs::create_dir(&target).map_err(SandboxError::io(step()))?;
+            } else if meta.is_file() {
+                fs::write(&target, b"").map_err(SandboxError::io(step()))?;
+            }
+        } else if meta.file_type().is_symlink() {
             let link = fs::read_link(&found).map_err(SandboxError::io(step()))?;
             symlink(link, &target).map_err(SandboxError::io(step()))?;
         } else if meta.is_file() {
@@ -67,35 +110,30 @@ pub fn mount_root(
             bind_read_only(&found, &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
                 .map_err(SandboxError::setup(step()))?;
         } else if !meta.is_dir() {
-            // A whiteout, or a node no root needs at its top level.
-        } else if points.contains(&source) {
-            // Another file system mounted here: not part of the base.
+            // A whiteout, a socket, a FIFO or a device node: left out.
+        } else if self.points.iter().any(|p| p.starts_with(&source)) {
+            // File systems mounted further below: split this one too.
             fs::create_dir(&target).map_err(SandboxError::io(step()))?;
-        } else if points.iter().any(|p| p.starts_with(&source)) {
-            // Bound as it is, read-only, nosuid and nodev down to the last
-            // mount below it (a home directory mounted on its own must not
-            // be the host's, writable).
-            fs::create_dir(&target).map_err(SandboxError::io(step()))?;
-            let tree = sys::clone_tree(&source, true).map_err(SandboxError::setup(step()))?;
-            lock_down(&tree, true).map_err(SandboxError::setup(step()))?;
-            sys::attach(&tree, &target).map_err(SandboxError::setup(step()))?;
+            if depth < MAX_SPLIT_DEPTH {
+                self.place_entries_of(entry, depth + 1)?;
+            }
         } else {
             // On the base's file system (or only in the layers): an overlay.
-            directory_overlay(mounter, base, read_only, layers, &name)?;
+            directory_overlay(self.mounter, self.base, self.read_only, self.layers, entry)?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// The entry `name` of the topmost layer that has one (the writable
-/// layer's, then the read-only layers', then the base's): what one overlay
-/// of the whole base would show there. A top-level file a layer replaced
-/// a directory with is that file, and it is read-only.
+/// The entry `name` (a path relative to the root) of the topmost layer
+/// that has one (the writable layer's, then the read-only layers', then the
+/// base's): what one overlay of the whole base would show there. A file a
+/// layer replaced a directory with is that file, and it is read-only.
 fn topmost(
     base: &Path,
     read_only: &[PathBuf],
     layers: &Layers,
-    name: &OsString,
+    name: &Path,
 ) -> Option<(PathBuf, fs::Metadata)> {
     [&layers.upper]
         .into_iter()
@@ -108,27 +146,28 @@ fn topmost(
         })
 }
 
-/// Every top-level name of the base and of the layers.
-fn top_level_names(base: &Path, read_only: &[PathBuf], upper: &Path) -> BTreeSet<OsString> {
+/// Every name in the directory `dir` (relative to the root) of the base
+/// and of the layers.
+fn names_in(base: &Path, read_only: &[PathBuf], upper: &Path, dir: &Path) -> BTreeSet<OsString> {
     let mut names = BTreeSet::new();
-    for dir in [base, upper]
+    for layer in [base, upper]
         .into_iter()
         .chain(read_only.iter().map(PathBuf::as_path))
     {
-        if let Ok(entries) = fs::read_dir(dir) {
+        if let Ok(entries) = fs::read_dir(layer.join(dir)) {
             names.extend(entries.flatten().map(|entry| entry.file_name()));
         }
     }
     names
 }
 
-/// The overlay of one top-level directory `name`.
+/// The overlay of one directory `name` (a path relative to the root).
 fn directory_overlay(
     mounter: &Mounter,
     base: &Path,
     read_only: &[PathBuf],
     layers: &Layers,
-    name: &OsString,
+    name: &Path,
 ) -> Result<(), SandboxError> {
     let upper = layers.upper.join(name);
     let work = layers.work.join(name);
@@ -154,7 +193,8 @@ fn directory_overlay(
             .chain(read_only.iter())
             .any(|layer| layer.starts_with(&below));
         lower.push(if inside {
-            mounter.stackable_named(&below, &format!("view-{}", name.to_string_lossy()))?
+            let view = name.to_string_lossy().replace('/', "-");
+            mounter.stackable_named(&below, &format!("view-{view}"))?
         } else {
             below
         });
