@@ -532,10 +532,11 @@ fn check_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
     yaml::walk(text).map_err(|e| syntax_error(origin, &e))
 }
 
-/// How a rule set's path globs treat letter case: allow rules exactly (a
-/// path in another case is not allowed), deny rules in any case (some
-/// servers route `/Admin` where the rule says `/admin`). Either way a rule
-/// that could be dodged fails closed.
+/// How a rule set's path globs are read: allow rules exactly (a path in
+/// another case is not allowed), deny rules in any case (some servers
+/// route `/Admin` where the rule says `/admin`) and with the directory
+/// itself (`/admin/**` denies `/admin`). Either way a rule that could be
+/// dodged fails closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PathCase {
     Exact,
@@ -571,12 +572,19 @@ fn compile_rule(name: String, spec: RuleSpec, case: PathCase) -> Result<Rule, St
         Some(patterns) => {
             let mut set = GlobSetBuilder::new();
             for pattern in patterns {
-                set.add(match case {
-                    PathCase::Exact => pattern.glob().clone(),
-                    PathCase::Ignored => pattern
-                        .glob_ignoring_case()
-                        .map_err(|e| format!("rule {name}: {e}"))?,
-                });
+                match case {
+                    PathCase::Exact => {
+                        set.add(pattern.glob().clone());
+                    }
+                    PathCase::Ignored => {
+                        for glob in pattern
+                            .deny_globs()
+                            .map_err(|e| format!("rule {name}: {e}"))?
+                        {
+                            set.add(glob);
+                        }
+                    }
+                }
             }
             Some(set.build().map_err(|e| format!("rule {name}: {e}"))?)
         }

@@ -167,12 +167,29 @@ impl PathPattern {
         &self.glob
     }
 
-    /// The same glob, matching paths in any letter case (deny rules).
-    pub(crate) fn glob_ignoring_case(&self) -> Result<Glob, globset::Error> {
-        GlobBuilder::new(&self.text)
-            .literal_separator(true)
-            .case_insensitive(true)
-            .build()
+    /// The globs a deny rule matches with: this one in any letter case,
+    /// and the spellings of the same place a server serves alike — `/a/**`
+    /// also denies `/a` itself, `/a` also `/a/`.
+    pub(crate) fn deny_globs(&self) -> Result<Vec<Glob>, globset::Error> {
+        let mut texts = vec![self.text.clone()];
+        if let Some(dir) = self.text.strip_suffix("/**") {
+            texts.push(if dir.is_empty() {
+                "/".to_owned()
+            } else {
+                dir.to_owned()
+            });
+        } else if !self.text.ends_with('/') {
+            texts.push(format!("{}/", self.text));
+        }
+        texts
+            .iter()
+            .map(|text| {
+                GlobBuilder::new(text)
+                    .literal_separator(true)
+                    .case_insensitive(true)
+                    .build()
+            })
+            .collect()
     }
 }
 

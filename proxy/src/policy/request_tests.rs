@@ -32,7 +32,7 @@ deny:
   - host: api.example
     methods: [DELETE]
   - host: api.example
-    paths: ["/admin/**", "/admin"]
+    paths: ["/admin/**", "/secret"]
 "#;
 
 #[test]
@@ -49,10 +49,21 @@ fn a_method_in_another_case_is_a_bad_request_not_a_new_method() {
 #[test]
 fn deny_paths_match_in_any_case() {
     let p = policy(DENY_ADMIN);
-    for path in ["/admin", "/Admin", "/ADMIN/users", "/aDmIn/x", "/%41dmin"] {
+    for path in [
+        "/admin",
+        "/Admin",
+        "/ADMIN/users",
+        "/aDmIn/x",
+        "/%41dmin",
+        "/admin/",
+    ] {
+        assert_eq!(reason(&p, "GET", path), Some("denylisted"), "{path}");
+    }
+    for path in ["/secret", "/Secret", "/secret/"] {
         assert_eq!(reason(&p, "GET", path), Some("denylisted"), "{path}");
     }
     assert_eq!(reason(&p, "GET", "/administrator"), None);
+    assert_eq!(reason(&p, "GET", "/secrets"), None);
 }
 
 #[test]
