@@ -491,6 +491,69 @@ fn method_and_path_spellings_do_not_dodge_deny_rules() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// A reload that puts rules on what is inside a host's tunnels closes the
+/// plain tunnels to it that are open: the proxy cannot read them (new ones
+/// are intercepted).
+#[test]
+fn a_reload_closes_plain_tunnels_the_new_policy_would_inspect() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["plain.test"]);
+    let port = upstream.port();
+    let scratch = Scratch::new("reload-inspect");
+    let open_policy = format!(
+        "version: 1\nmode: limited\nallow:\n  - host: plain.test\n    ports: [{port}]\nhosts: {{plain.test: 127.0.0.1}}\nallow_internal: [127.0.0.1/32]\n"
+    );
+    let policy_path = scratch.write("policy.yaml", &open_policy);
+    let proxy = Proxy::start_with_policy_file(
+        &policy_path,
+        &[
+            "--ca-dir",
+            ca.dir().to_str().unwrap(),
+            "--upstream-ca",
+            upstream.ca_pem.to_str().unwrap(),
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let stream = connect_tunnel(&proxy, "plain.test", port).await;
+        let config = Arc::new(client_config(roots_from(&upstream.ca_pem)));
+        let name = rustls::pki_types::ServerName::try_from("plain.test").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .expect("a plain tunnel to the upstream itself");
+        let inspecting = open_policy.replace(
+            &format!("    ports: [{port}]\n"),
+            &format!("    ports: [{port}]\n    paths: [\"/public/**\"]\n"),
+        );
+        std::fs::write(&policy_path, inspecting).unwrap();
+        proxy.signal("HUP");
+        assert!(
+            eventually(Duration::from_secs(5), || proxy
+                .stderr()
+                .contains("reloaded policy")),
+            "{}",
+            proxy.stderr()
+        );
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the plain tunnel stayed open: {read:?}"
+        );
+    });
+    let closed = proxy
+        .audit(2)
+        .into_iter()
+        .find(|r| r["reason"] == "needs-interception")
+        .unwrap_or_else(|| panic!("no record of the closed tunnel: {:#?}", proxy.audit(2)));
+    assert_eq!(closed["host"], "plain.test", "{closed}");
+}
+
 // Helpers of this file
 
 /// A policy with method and path rules for allowed.test and 127.0.0.1,

@@ -119,7 +119,7 @@ async fn run_tunnel(
 ) {
     let counters = exchange.counters();
     // Closed at shutdown, or when a reloaded policy no longer allows it.
-    let tracked = conn.track(Kind::Connect, &target, None);
+    let tracked = conn.track(Kind::Connect, &target, None, true);
     let (idle, stop) = (conn.tunnel_idle_timeout(), tracked.close.clone());
     let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {

@@ -132,6 +132,9 @@ struct Opened {
     target: HostPort,
     /// For a relay that began as a request (a WebSocket upgrade).
     request: Option<(Method, String)>,
+    /// A tunnel the proxy does not read: it cannot be held to rules on
+    /// what is inside.
+    plain: bool,
     close: CancellationToken,
 }
 
@@ -152,6 +155,11 @@ impl OpenTunnels {
             };
             let decision = match &opened.request {
                 Some((method, path)) => policy.decide_request(target, method, path),
+                // Rules on what is inside, for a tunnel opened plain: it
+                // cannot be held to them.
+                None if opened.plain && policy.tunnel_needs_interception(target) => {
+                    Decision::refuse(Reason::NeedsInterception)
+                }
                 None => policy.decide_tunnel(target),
             };
             if decision.permits() {
@@ -266,13 +274,15 @@ impl Conn {
         self.shared.closing.clone()
     }
 
-    /// Registers a tunnel to `target` (a relay begun as `request`), so that
-    /// a new policy re-decides it; its `close` fires at shutdown too.
+    /// Registers a tunnel to `target` (`plain`: one the proxy does not
+    /// read; a relay begun as `request`), so that a new policy re-decides
+    /// it; its `close` fires at shutdown too.
     pub fn track(
         &self,
         kind: Kind,
         target: &HostPort,
         request: Option<(Method, String)>,
+        plain: bool,
     ) -> Tracked {
         let tunnels = self.shared.tunnels.clone();
         let id = tunnels.next.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +292,7 @@ impl Conn {
             client: self.client.clone(),
             target: target.clone(),
             request,
+            plain,
             close: close.clone(),
         };
         tunnels

@@ -26,6 +26,7 @@ pub enum Reason {
     ResolveFailed,
     UpstreamFailed,
     AuditUnavailable,
+    NeedsInterception,
 }
 
 impl Reason {
@@ -46,6 +47,7 @@ impl Reason {
             Reason::ResolveFailed => "resolve-failed",
             Reason::UpstreamFailed => "upstream-failed",
             Reason::AuditUnavailable => "audit-unavailable",
+            Reason::NeedsInterception => "needs-interception",
         }
     }
 
@@ -69,6 +71,9 @@ impl Reason {
             Reason::UpstreamFailed => "could not reach upstream server",
             Reason::AuditUnavailable => {
                 "the audit log cannot be written; no request is served until it can"
+            }
+            Reason::NeedsInterception => {
+                "the policy now decides on what is inside this tunnel, which a plain tunnel cannot show"
             }
         }
     }
@@ -218,6 +223,7 @@ mod tests {
             (Reason::ResolveFailed, "resolve-failed"),
             (Reason::UpstreamFailed, "upstream-failed"),
             (Reason::AuditUnavailable, "audit-unavailable"),
+            (Reason::NeedsInterception, "needs-interception"),
         ];
         for (reason, code) in all {
             assert_eq!(reason.code(), code);

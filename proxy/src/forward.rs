@@ -201,7 +201,7 @@ fn relay_upgrade(
         let method = Method::from_bytes(method.as_bytes()).ok()?;
         Some((method, exchange.record().path.clone().unwrap_or_default()))
     });
-    let tracked = conn.track(exchange.record().kind, target, request);
+    let tracked = conn.track(exchange.record().kind, target, request, false);
     let (idle, stop) = (conn.tunnel_idle_timeout(), tracked.close.clone());
     conn.spawn(async move {
         let _tracked = tracked;

@@ -77,7 +77,7 @@ pub(crate) async fn serve(
     };
     let handshake = tokio::time::timeout(conn.first_byte_timeout(), hello.into_stream(config));
     // Closed at shutdown, or when a reloaded policy no longer allows it.
-    let tracked = conn.track(Kind::Connect, &target, None);
+    let tracked = conn.track(Kind::Connect, &target, None, false);
     let stopping = tracked.close.clone();
     let tls = tokio::select! {
         finished = handshake => match finished {
