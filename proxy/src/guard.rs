@@ -237,6 +237,11 @@ impl AddressGuard {
         let Some(range) = classify(ip) else {
             return Ok(());
         };
+        // Linux dials the unspecified address as this host's loopback: no
+        // exemption (`allow_internal: [0.0.0.0/8]`) can mean that.
+        if ip.is_unspecified() {
+            return Err(Refusal::Unspecified);
+        }
         if !self.is_exempt(ip) {
             return Err(Refusal::Internal(range));
         }
@@ -262,6 +267,9 @@ impl AddressGuard {
 /// Why the guard refused an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum Refusal {
+    /// 0.0.0.0 or ::, which reach this host's loopback, exempt or not.
+    #[error("the unspecified address, which reaches this host's own loopback; never dialled")]
+    Unspecified,
     /// The address is in this range and `allow_internal` does not cover it.
     #[error("{0}; allow it with allow_internal if intended")]
     Internal(InternalRange),
@@ -564,6 +572,18 @@ mod tests {
         );
         assert_eq!(guard.check(ip("8.8.8.8")), Ok(()));
         assert_eq!(guard.check(ip("2606:4700:4700::1111")), Ok(()));
+    }
+
+    /// Red team: `allow_internal: [0.0.0.0/8]` let 0.0.0.0 through, which
+    /// Linux dials as loopback.
+    #[test]
+    fn the_unspecified_address_is_never_exempt() {
+        let guard = AddressGuard::new(vec![net("0.0.0.0/8"), net("::/128")]);
+        assert_eq!(guard.check(ip("0.0.0.0")), Err(Refusal::Unspecified));
+        assert_eq!(guard.check(ip("::")), Err(Refusal::Unspecified));
+        assert_eq!(guard.check(ip("0.0.0.1")), Ok(()));
+        let default = AddressGuard::default();
+        assert_eq!(default.check(ip("0.0.0.0")), Err(Refusal::Unspecified));
     }
 
     #[test]
