@@ -22,9 +22,11 @@ const HELLO_RETRY_REQUEST_RANDOM: [u8; 32] = [
     0xCF, 0x21, 0xAD, 0x74, 0xE5, 0x9A, 0x61, 0x11, 0xBE, 0x1D, 0x8C, 0x02, 0x1E, 0x65, 0xB8, 0x91,
     0xC2, 0xA2, 0x11, 0x16, 0x7A, 0xBB, 0x8C, 0x5E, 0x07, 0x9E, 0x09, 0xE2, 0xC8, 0xA8, 0x33, 0x9C,
 ];
-/// encrypted_client_hello (draft-ietf-tls-esni-22 §11.1) and the earlier
-/// encrypted_server_name (draft-ietf-tls-esni-02).
-const ECH_EXTENSIONS: [u16; 2] = [0xfe0d, 0xffce];
+/// encrypted_client_hello (draft-ietf-tls-esni-22 §11.1: 0xfe0d), the
+/// code points its earlier drafts used (0xfe08 to 0xfe0c, drafts 08-12, some
+/// of them deployed), and encrypted_server_name (draft-ietf-tls-esni-02:
+/// 0xffce).
+const ECH_EXTENSIONS: [u16; 7] = [0xfe08, 0xfe09, 0xfe0a, 0xfe0b, 0xfe0c, 0xfe0d, 0xffce];
 /// A handshake message we wait for is at most this long: a ClientHello with
 /// post-quantum key shares is about 2 KiB; 64 KiB leaves room for one split
 /// over several records.
@@ -308,8 +310,15 @@ mod tests {
         assert!(!hello.encrypted);
         let ip = hello_from(&[name(b"127.0.0.1")]).unwrap();
         assert_eq!(ip.server_name.as_deref(), Some("127.0.0.1"));
-        let ech = TlsExtension::Unknown(TlsExtensionType(0xfe0d), &[]);
-        assert!(hello_from(&[name(b"a.example"), ech]).unwrap().encrypted);
+        for kind in [0xfe0d, 0xfe0a, 0xfe08] {
+            let ech = TlsExtension::Unknown(TlsExtensionType(kind), &[]);
+            assert!(
+                hello_from(&[name(b"a.example"), ech]).unwrap().encrypted,
+                "{kind:#x}"
+            );
+        }
+        let other = TlsExtension::Unknown(TlsExtensionType(0xfe07), &[]);
+        assert!(!hello_from(&[name(b"a.example"), other]).unwrap().encrypted);
         assert!(hello_from(&[name(b"a.example"), name(b"b.example")]).is_err());
         let two = TlsExtension::SNI(vec![
             (SNIType::HostName, b"a.example"),
