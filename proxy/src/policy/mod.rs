@@ -519,7 +519,19 @@ fn builtin_file(name: &str) -> Result<PolicyFile, PolicyError> {
 
 /// Refuses what serde_yaml would accept and a policy must not hold (see
 /// [`yaml`]): the text scan first, so that nothing too deep reaches libyaml.
-fn check_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
+/// Reads `text` (a policy, or a file that holds policies, such as an
+/// environment file) as strictly as a policy file must be: nesting deeper
+/// than [`yaml::MAX_DEPTH`], tags and duplicate keys are errors with their
+/// line. `origin` names it in the error.
+pub fn check_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
+    prescan_yaml(origin, text)?;
+    yaml::walk(text).map_err(|e| syntax_error(origin, &e))
+}
+
+/// The part of [`check_yaml`] that must come before any YAML parser sees
+/// `text`: nesting too deep (libyaml is quadratic in it) and tags, in one
+/// linear pass.
+pub fn prescan_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
     yaml::scan(text).map_err(|e| {
         let (line, column) = e.position();
         PolicyError::Syntax {
@@ -528,8 +540,7 @@ fn check_yaml(origin: &str, text: &str) -> Result<(), PolicyError> {
             column,
             message: e.to_string(),
         }
-    })?;
-    yaml::walk(text).map_err(|e| syntax_error(origin, &e))
+    })
 }
 
 /// How a rule set's path globs are read: allow rules exactly (a path in

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_proxy::policy::Policy;
+use tollgate_proxy::policy::{Policy, PolicyError};
 
 use self::file::{null_hint, CacheFile, EnvironmentFile, Field, InternetFile, LimitsFile};
 use self::phase::PhaseSpec;
@@ -188,8 +188,20 @@ impl Environment {
     /// `path` names the file in errors, gives the default `name`, and is
     /// what relative `from_file` and `file` paths are resolved against.
     pub fn parse(path: &Path, text: &str) -> Result<Environment, EnvironmentError> {
+        // It holds policies: read as strictly as a policy file (too deep
+        // and tags before serde_yaml sees it; duplicate keys after, so that
+        // its own errors keep their hints).
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        strict(
+            path,
+            tollgate_proxy::policy::prescan_yaml(&path.display().to_string(), text),
+        )?;
         let file: Option<EnvironmentFile> =
             serde_yaml::from_str(text).map_err(|error| parse_error(path, &error))?;
+        strict(
+            path,
+            tollgate_proxy::policy::check_yaml(&path.display().to_string(), text),
+        )?;
         let file = file.ok_or_else(|| EnvironmentError::Empty {
             path: path.to_owned(),
         })?;
@@ -360,6 +372,29 @@ fn limits_from(path: &Path, limits: Field<LimitsFile>) -> Result<Limits, Environ
             .given(path, "limits.tmpfs")?
             .map(|Size(bytes)| bytes),
     })
+}
+
+/// A strictness check's verdict (duplicate keys, tags, deep nesting, as in
+/// policy files) as an environment file's error.
+fn strict(path: &Path, checked: Result<(), PolicyError>) -> Result<(), EnvironmentError> {
+    match checked {
+        Ok(()) => Ok(()),
+        Err(PolicyError::Syntax {
+            line,
+            column,
+            message,
+            ..
+        }) => Err(EnvironmentError::Parse {
+            path: path.to_owned(),
+            position: Some((line, column)),
+            message,
+        }),
+        Err(other) => Err(EnvironmentError::Parse {
+            path: path.to_owned(),
+            position: None,
+            message: other.to_string(),
+        }),
+    }
 }
 
 /// Turns a serde_yaml error into `file:line:column: key: message`, with a

@@ -669,3 +669,33 @@ fn debug_never_shows_secret_values() {
     );
     assert!(!all.contains("s3cr3t"), "{all}");
 }
+
+/// An environment file holds policies: it is read as strictly as a policy
+/// file (duplicate keys anywhere, YAML tags, deep nesting are errors with
+/// their line; a BOM is fine).
+#[test]
+fn environment_files_are_read_as_strictly_as_policy_files() {
+    let duplicate_host = "version: 1\ninternet:\n  agent:\n    mode: limited\n    allow: [a.test]\n    hosts:\n      a.test: 10.0.0.1\n      a.test: 127.0.0.1\n";
+    let error = parse_err(duplicate_host);
+    assert!(error.contains("web.yaml:8:"), "{error}");
+    assert!(error.contains("duplicate"), "{error}");
+    let duplicate_secret = "version: 1\nsecrets:\n  T: {from_env: A}\n  T: {from_env: B}\n";
+    assert!(parse_err(duplicate_secret).contains("web.yaml:4:"));
+    let tagged = "version: 1\ninternet:\n  agent: {mode: !unrestricted}\n";
+    let error = parse_err(tagged);
+    assert!(error.contains("web.yaml:3:"), "{error}");
+    assert!(error.contains("tag"), "{error}");
+    let deep = format!(
+        "version: 1\nenv: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let started = std::time::Instant::now();
+    let error = parse_err(&deep);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{error}"
+    );
+    assert!(error.contains("nested"), "{error}");
+    parse_ok("\u{feff}version: 1\n");
+}
