@@ -305,11 +305,7 @@ fn handshake_via(
     sni: &str,
     root: &Path,
 ) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let stream = connect_tunnel(proxy, host, port).await;
         let connector = tls_connector(root);
         let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
@@ -336,19 +332,20 @@ fn websocket_echo_via(
     root: &Path,
     message: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let stream = connect_tunnel(proxy, "allowed.test", port).await;
         let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
-        let mut tls = tls_connector(root).connect(name, stream).await.map_err(|e| e.to_string())?;
+        let mut tls = tls_connector(root)
+            .connect(name, stream)
+            .await
+            .map_err(|e| e.to_string())?;
         let upgrade = format!(
             "GET /public/ws HTTP/1.1\r\nHost: allowed.test:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
-        tls.write_all(upgrade.as_bytes()).await.map_err(|e| e.to_string())?;
+        tls.write_all(upgrade.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -419,11 +416,7 @@ fn idle_intercepted_connections_are_closed() {
             "1",
         ],
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let closed_after = runtime.block_on(async {
+    let closed_after = block_on(async {
         use tokio::io::AsyncReadExt;
         let stream = connect_tunnel(&proxy, "allowed.test", upstream.port()).await;
         let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
@@ -513,11 +506,7 @@ fn a_reload_closes_plain_tunnels_the_new_policy_would_inspect() {
             upstream.ca_pem.to_str().unwrap(),
         ],
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         use tokio::io::AsyncReadExt;
         let stream = connect_tunnel(&proxy, "plain.test", port).await;
         let config = Arc::new(client_config(roots_from(&upstream.ca_pem)));

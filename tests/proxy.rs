@@ -687,11 +687,7 @@ fn a_full_disk_under_the_audit_log_fails_closed_until_there_is_room() {
 fn a_hello_retry_request_round_with_the_same_name_completes() {
     let server = RetryingTlsServer::start(&["allowed.test"]);
     let proxy = Proxy::start(&loopback_policy(&[server.addr.port()], ""), &[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let done = runtime.block_on(async {
+    let done = block_on(async {
         let stream = connect_tunnel(&proxy, "allowed.test", server.addr.port()).await;
         let config = client_config(roots_from(&server.ca_pem));
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -713,11 +709,7 @@ fn a_hello_retry_request_round_with_the_same_name_completes() {
 fn a_second_client_hello_for_another_host_after_a_retry_is_refused() {
     let server = RetryingTlsServer::start(&["allowed.test", "other.test"]);
     let proxy = Proxy::start(&loopback_policy(&[server.addr.port()], ""), &[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let after_retry = runtime.block_on(async {
+    let after_retry = block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = connect_tunnel(&proxy, "allowed.test", server.addr.port()).await;
         stream
@@ -802,11 +794,7 @@ fn an_encrypted_client_hello_is_refused_in_a_plain_tunnel() {
 /// Sends `bytes` into a CONNECT tunnel and returns what comes back until
 /// the tunnel closes (or two seconds pass).
 fn raw_tunnel(proxy: &Proxy, host: &str, port: u16, bytes: &[u8]) -> Vec<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = connect_tunnel(proxy, host, port).await;
         stream.write_all(bytes).await.unwrap();
@@ -823,11 +811,7 @@ fn a_client_that_waits_out_the_sniff_timeout_cannot_skip_the_sni_check() {
         &loopback_policy(&[canary.addr.port()], ""),
         &["--header-timeout", "1"],
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let handshake = runtime.block_on(async {
+    let handshake = block_on(async {
         let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         let port = canary.addr.port();
         let connect = format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n");
@@ -958,11 +942,7 @@ fn a_reload_closes_the_open_tunnels_the_new_policy_denies() {
     );
     let policy_path = scratch.write("policy.yaml", &both);
     let proxy = Proxy::start_with_policy_file(&policy_path, &[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let config = Arc::new(client_config(roots_from(&upstream.ca_pem)));
         let open = |host: &'static str| {
@@ -1139,11 +1119,7 @@ fn raw_exchange(proxy: &Proxy, bytes: &[u8]) -> String {
 
 /// A Rust TLS client that CONNECTs to `host:port` and then offers `sni`.
 fn tls_through_connect(proxy: &Proxy, host: &str, port: u16, sni: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let stream = connect_tunnel(proxy, host, port).await;
         tls_handshake(stream, sni).await
     })
@@ -1165,11 +1141,7 @@ async fn tls_handshake(stream: tokio::net::TcpStream, sni: &str) -> Result<(), S
 /// A Rust client (hyper) sending one absolute-form GET over a unix socket.
 fn get_over_unix_socket(socket: &std::path::Path, url: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Empty};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

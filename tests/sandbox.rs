@@ -1427,14 +1427,23 @@ fn a_sandbox_that_never_starts_leaves_no_stage_behind() {
 }
 
 /// The sandbox is built while the policy loads; its command runs only
-/// once the proxy serves. A policy that does not load: the command never
-/// ran (it would have left a file in the bound directory).
+/// once the proxy serves. A policy that takes long to load and then does
+/// not: the command never ran (it would have left a file in the bound
+/// directory).
 #[test]
 fn the_command_never_runs_when_the_policy_does_not_load() {
     require_root!();
     let dir = Scratch::new("no-go");
     owned_by_sandbox_root(&dir.0);
-    let bad = dir.write("bad.yaml", "version: 1\nmode: limited\nalow: [x]\n");
+    // Long enough that loading it takes far longer than building the
+    // sandbox (tens of milliseconds): without the go, the command would
+    // have run meanwhile. The typo is at its end.
+    let mut policy = String::from("version: 1\nmode: limited\nallow:\n");
+    for i in 0..40_000 {
+        policy.push_str(&format!("  - h{i}.test\n"));
+    }
+    policy.push_str("alow: [x]\n");
+    let bad = dir.write("bad.yaml", &policy);
     let out = std::process::Command::new(BIN)
         .args(["exec", "--policy"])
         .arg(&bad)

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use std::sync::atomic::Ordering;
 
@@ -124,47 +125,30 @@ async fn run_tunnel(
     let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let mut client = parts.io.into_inner();
-            let mut opening = std::io::Cursor::new(parts.read_buf).chain(&mut client);
-            let opened =
-                open_tunnel(conn, &mut exchange, &mut opening, &target, &mut upstream).await;
-            let Some(mut pending) = opened else {
-                return;
-            };
-            // What hyper had read that the opening did not need follows it.
-            let (unread, _) = opening.into_inner();
-            let at = usize::try_from(unread.position()).unwrap_or(usize::MAX);
-            pending.extend_from_slice(unread.get_ref().get(at..).unwrap_or_default());
-            if !watch_retry(
+            let checked = check_handshake(
                 conn,
                 &mut exchange,
+                parts.read_buf,
                 &mut client,
-                &mut upstream,
                 &target,
-                pending,
-            )
-            .await
-            {
+                &mut upstream,
+            );
+            if !checked.await {
                 return;
             }
             relay_tcp(client, upstream, counters, idle, stop).await
         }
         Err(upgraded) => {
             let mut client = TokioIo::new(upgraded);
-            let opened =
-                open_tunnel(conn, &mut exchange, &mut client, &target, &mut upstream).await;
-            let Some(pending) = opened else {
-                return;
-            };
-            if !watch_retry(
+            let checked = check_handshake(
                 conn,
                 &mut exchange,
+                Bytes::new(),
                 &mut client,
-                &mut upstream,
                 &target,
-                pending,
-            )
-            .await
-            {
+                &mut upstream,
+            );
+            if !checked.await {
                 return;
             }
             relay(client, upstream, counters, idle, stop).await
@@ -173,6 +157,29 @@ async fn run_tunnel(
     if end != RelayEnd::Closed {
         tracing::debug!(id = exchange.id(), "tunnel to {target} ended: {end}");
     }
+}
+
+/// The opening (after `read`, what hyper had already read of the client)
+/// and, if the server asks for one, the retried ClientHello: `false` when
+/// the tunnel must not go on.
+async fn check_handshake<C: AsyncRead + AsyncWrite + Unpin>(
+    conn: &Conn,
+    exchange: &mut Exchange,
+    read: Bytes,
+    client: &mut C,
+    target: &HostPort,
+    upstream: &mut TcpStream,
+) -> bool {
+    let mut opening = std::io::Cursor::new(read).chain(&mut *client);
+    let Some(mut pending) = open_tunnel(conn, exchange, &mut opening, target, upstream).await
+    else {
+        return false;
+    };
+    // What hyper had read that the opening did not need follows it.
+    let (unread, _) = opening.into_inner();
+    let at = usize::try_from(unread.position()).unwrap_or(usize::MAX);
+    pending.extend_from_slice(unread.get_ref().get(at..).unwrap_or_default());
+    watch_retry(conn, exchange, client, upstream, target, pending).await
 }
 
 /// Reads the client's first bytes, applies the SNI check, and forwards the

@@ -323,3 +323,12 @@ impl Drop for RemoveOnDrop {
         }
     }
 }
+
+/// Runs `future` to its end on a runtime of its own (one thread).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("start a tokio runtime")
+        .block_on(future)
+}
