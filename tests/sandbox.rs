@@ -1109,7 +1109,7 @@ fn rootless_exec_runs_as_the_user_and_root_inside_is_that_user() {
     let user = TestUser::ensure();
     let out = user.command(BIN)
         .args(["exec", "--policy", "off", "--"])
-        .args(["sh", "-c", "echo \"UID $(id -u)\"; echo \"MAP $(cat /proc/self/uid_map)\"; echo made > /tmp/file && echo \"TMP $(cat /tmp/file)\"; echo x >> /etc/passwd 2>/dev/null; echo \"ATTEMPT passwd rc=$?\"; echo x > /usr/local/rootless 2>/dev/null; echo \"ATTEMPT usr-local rc=$?\""])
+        .args(["sh", "-c", "echo \"UID $(id -u)\"; echo \"MAP $(cat /proc/self/uid_map)\"; echo made > /tmp/file && echo \"TMP $(cat /tmp/file)\"; echo x >> /etc/passwd 2>/dev/null; echo \"ATTEMPT passwd rc=$?\"; echo x > /usr/local/rootless 2>/dev/null; echo \"ATTEMPT usr-local rc=$?\"; touch -d 2001-01-01 /dev/null 2>/dev/null; echo \"ATTEMPT dev-null rc=$?\"; echo x > /dev/null && echo \"NULL written\""])
         .env("TOLLGATE_STATE_DIR", NO_STATE)
         .output()
         .unwrap();
@@ -1133,9 +1133,12 @@ fn rootless_exec_runs_as_the_user_and_root_inside_is_that_user() {
         "{stdout}"
     );
     assert_eq!(value("TMP"), "made");
+    // The host's /dev/null is bound in (no mknod without host root), usable
+    // and unchangeable.
+    assert_eq!(value("NULL"), "written");
     // What host root owns cannot be changed, not even in the sandbox's
     // own layer: it is nobody's inside.
-    for attempt in ["passwd", "usr-local"] {
+    for attempt in ["passwd", "usr-local", "dev-null"] {
         assert!(
             stdout.contains(&format!("ATTEMPT {attempt} rc=")),
             "{stdout}"

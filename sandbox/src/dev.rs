@@ -1,22 +1,34 @@
 //! A minimal /dev and a private /tmp.
 //!
-//! The device nodes are the host's, bound in read-only: what is done with
-//! them inside (reading, writing) is what they are for, but their mode,
-//! owner and times cannot be changed from inside, even by a process that
-//! owned them.
+//! /dev is a tmpfs of its own, read-only once made: what is done with its
+//! devices inside (reading, writing) is what they are for, but no node can
+//! be added, removed, or have its mode, owner or times changed from inside,
+//! even by a process that owned it. Its nodes are made there (as root),
+//! else (rootless: no CAP_MKNOD; a device cgroup that refuses one) the
+//! host's are bound in read-only.
 
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{self, Mode, SFlag};
 
-use crate::mounts::{bind_read_only, safe_target, TargetKind};
+use crate::mounts::{bind_read_only, remount_read_only, safe_target, TargetKind};
 use crate::rootfs::size_option;
 use crate::SandboxError;
 
-/// Device nodes bound in from the host: what programs expect to open.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// The character devices programs expect to open, with their major and
+/// minor numbers (the kernel's Documentation/admin-guide/devices.txt).
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 /// Pseudo-terminals one sandbox may open. Every devpts instance but the
 /// host's draws on one pool, `kernel.pty.max` minus `kernel.pty.reserve`
 /// (4096 - 1024 by default): unbounded, one sandbox could take them all
@@ -66,15 +78,15 @@ pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: Option<&Path>) -> Result<()
         Some(options.as_str()),
     )
     .map_err(SandboxError::setup("mount /dev tmpfs"))?;
-    let nodes = DEVICES
+    // mknod's mode is cut by the umask: none while the nodes are made.
+    let umask = stat::umask(Mode::empty());
+    let made = DEVICES
         .iter()
-        .map(|name| (*name, Path::new("/dev").join(name)))
-        .chain(console.map(|path| ("console", path.to_path_buf())));
-    for (name, source) in nodes {
-        let target = dev.join(name);
-        fs::write(&target, b"").map_err(SandboxError::io(format!("create /dev/{name}")))?;
-        bind_read_only(&source, &target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
-            .map_err(SandboxError::setup(format!("bind /dev/{name} read-only")))?;
+        .try_for_each(|&(name, major, minor)| make_device(&dev, name, major, minor));
+    stat::umask(umask);
+    made?;
+    if let Some(console) = console {
+        bind_node(console, &dev.join("console"), "console")?;
     }
     let pts = dev.join("pts");
     fs::create_dir(&pts).map_err(SandboxError::io("create /dev/pts"))?;
@@ -106,7 +118,33 @@ pub fn mount_dev(root: &Path, tmpfs: Tmpfs, console: Option<&Path>) -> Result<()
     ] {
         symlink(target, dev.join(link)).map_err(SandboxError::io(format!("link /dev/{link}")))?;
     }
-    Ok(())
+    remount_read_only(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+        .map_err(SandboxError::setup("remount /dev read-only"))
+}
+
+/// /dev/`name` in `dev`: a node of its own (mode 0666, as on the host),
+/// or where none may be made, the host's bound in read-only.
+fn make_device(dev: &Path, name: &str, major: u64, minor: u64) -> Result<(), SandboxError> {
+    let target = dev.join(name);
+    let everyone = Mode::from_bits_truncate(0o666);
+    match stat::mknod(
+        &target,
+        SFlag::S_IFCHR,
+        everyone,
+        stat::makedev(major, minor),
+    ) {
+        Ok(()) => Ok(()),
+        Err(Errno::EPERM) => bind_node(&Path::new("/dev").join(name), &target, name),
+        Err(e) => Err(SandboxError::setup(format!("make /dev/{name}"))(e)),
+    }
+}
+
+/// Binds the host's node `source` read-only at `target`, a file made for
+/// it.
+fn bind_node(source: &Path, target: &Path, name: &str) -> Result<(), SandboxError> {
+    fs::write(target, b"").map_err(SandboxError::io(format!("create /dev/{name}")))?;
+    bind_read_only(source, target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+        .map_err(SandboxError::setup(format!("bind /dev/{name} read-only")))
 }
 
 /// A private /tmp.

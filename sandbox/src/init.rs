@@ -122,8 +122,8 @@ fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> Resul
     mounter.as_sandbox_root(|| -> Result<(), SandboxError> {
         mounts::mask(&layers.root, &hidden, &layers.empty_file)?;
         // 7. /proc for this PID namespace, host-global knobs read-only and
-        //    leaky files hidden; a minimal /dev whose nodes are read-only
-        //    binds (and the command's terminal as /dev/console); sized
+        //    leaky files hidden; a minimal, read-only /dev (and the
+        //    command's terminal as /dev/console); sized
         //    /tmp and /dev/shm. (Mount points are made as the sandbox's
         //    root: they are files of its layers.)
         let tmpfs = Tmpfs {
