@@ -17,11 +17,34 @@ use crate::SandboxError;
 
 /// Sets `no_new_privs` and clears every capability set of this process.
 pub fn drop_all() -> Result<(), SandboxError> {
-    nix::sys::prctl::set_no_new_privs().map_err(SandboxError::setup("set no_new_privs"))?;
     // The bounding set must go first: dropping from it needs CAP_SETPCAP,
     // which clearing the effective set would remove.
+    clear_bounding()?;
+    drop_the_rest()
+}
+
+/// Empties the bounding set with one call per capability where
+/// `caps::clear` makes two: each is dropped, and only where that is refused
+/// read to make sure it is not there. A capability this kernel does not
+/// know cannot be in the set.
+fn clear_bounding() -> Result<(), SandboxError> {
+    for cap in caps::all() {
+        if caps::drop(None, CapSet::Bounding, cap).is_err()
+            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
+            return Err(SandboxError::Capabilities(format!(
+                "cannot drop {cap} from the bounding set"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sets `no_new_privs` and clears every capability set but the bounding
+/// one.
+fn drop_the_rest() -> Result<(), SandboxError> {
+    nix::sys::prctl::set_no_new_privs().map_err(SandboxError::setup("set no_new_privs"))?;
     for set in [
-        CapSet::Bounding,
         CapSet::Ambient,
         CapSet::Inheritable,
         CapSet::Effective,
@@ -44,14 +67,13 @@ pub fn become_sandbox_root_on_host(ids: &IdMapping) -> Result<(), SandboxError> 
     let dumpable =
         || nix::sys::prctl::set_dumpable(false).map_err(SandboxError::setup("clear dumpable"));
     dumpable()?;
+    // The bounding set while we still hold CAP_SETPCAP.
+    clear_bounding()?;
     if let IdMapping::Mapped { .. } = ids {
         let (uid, gid) = (
             Uid::from_raw(ids.host_root_uid()),
             Gid::from_raw(ids.host_root_gid()),
         );
-        // The bounding set while we still hold CAP_SETPCAP.
-        caps::clear(None, CapSet::Bounding)
-            .map_err(|e| SandboxError::Capabilities(format!("the bounding set: {e}")))?;
         setgroups(&[]).map_err(SandboxError::setup("drop the host's groups"))?;
         setresgid(gid, gid, gid).map_err(SandboxError::setup("become the sandbox's gid"))?;
         // All uids nonzero: every other capability is gone with them.
@@ -60,5 +82,5 @@ pub fn become_sandbox_root_on_host(ids: &IdMapping) -> Result<(), SandboxError> 
             .map_err(SandboxError::setup("set parent-death signal"))?;
         dumpable()?;
     }
-    drop_all()
+    drop_the_rest()
 }

@@ -199,7 +199,6 @@ impl Sandbox {
             &control_path,
             [streams.stdin, streams.stdout, streams.stderr],
         )?;
-        remove_stale_run_dirs();
         Ok(Starting {
             stage: Stage { process, run_dir },
             ids,
@@ -225,6 +224,9 @@ impl Sandbox {
     /// still tears the sandbox's namespaces down as the stage exits.
     /// Dropping the [`Teardown`] waits for the rest.
     pub fn wait(mut self) -> Result<(SandboxExit, Teardown), SandboxError> {
+        // While the command runs, off the start's path: what runs killed
+        // with SIGKILL left behind.
+        remove_stale_run_dirs();
         let code = match self.control.recv(None) {
             Ok(Some(Message::Exited(code))) => i32::try_from(code).unwrap_or(1),
             // It failed (it said why on standard error) or was killed.
