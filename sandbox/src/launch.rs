@@ -18,7 +18,7 @@ use crate::ids::{self, IdMapping};
 use crate::pty::{self, Relay, Terminals};
 use crate::spec::{Console, Handoff, Spec};
 use crate::stage_process::{StageProcess, Stream};
-use crate::{stdio, sys, SandboxError};
+use crate::{cgroup, stdio, sys, SandboxError};
 
 /// How the sandboxed command ended, in the shell's convention.
 pub type SandboxExit = i32;
@@ -227,6 +227,7 @@ impl Sandbox {
         // While the command runs, off the start's path: what runs killed
         // with SIGKILL left behind.
         remove_stale_run_dirs();
+        cgroup::cleanup_stale();
         let code = match self.control.recv(None) {
             Ok(Some(Message::Exited(code))) => i32::try_from(code).unwrap_or(1),
             // It failed (it said why on standard error) or was killed.

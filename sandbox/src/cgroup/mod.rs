@@ -37,9 +37,10 @@
 //!
 //! A phase's directory is `tollgate-<pid>-<name>`, `<pid>` being the
 //! tollgate process that made it. A tollgate killed before it could clean up
-//! leaves that directory behind; [`cleanup_stale`] removes such directories
-//! once their owner is gone and they are empty, so concurrent runs never
-//! lose a cgroup they are about to use.
+//! leaves that directory behind; [`cleanup_stale`] (which every sandbox
+//! calls while its command runs) removes such directories once their owner
+//! is gone and they are empty, so concurrent runs never lose a cgroup they
+//! are about to use.
 
 use std::fmt;
 use std::fs;
@@ -232,7 +233,6 @@ impl PhaseCgroup {
             return Ok((cgroup, report));
         }
         let host = Hierarchies::detect()?;
-        cleanup_stale_in(&host);
         let dir_name = phase_dir_name(name);
 
         let mut on_v2 = Vec::new();
