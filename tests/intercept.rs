@@ -161,7 +161,43 @@ fn an_upstream_with_an_untrusted_certificate_is_refused() {
         .into_iter()
         .find(|r| r["kind"] == "mitm")
         .expect("a mitm record");
-    assert_eq!(mitm["reason"], "upstream-failed");
+    assert_eq!(mitm["decision"], "allow", "{mitm}");
+    assert_eq!(mitm["outcome"], "upstream-failed", "{mitm}");
+}
+
+/// hyper answers a request it cannot parse inside an intercepted tunnel by
+/// itself; the proxy still records it, with the tunnel's host and port.
+#[test]
+fn a_malformed_request_inside_an_intercepted_tunnel_is_recorded() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let port = upstream.port();
+    let reply = block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = connect_tunnel(&proxy, "allowed.test", port).await;
+        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+        let mut tls = tls_connector(&ca.cert())
+            .connect(name, stream)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /public/ HTTP/1.1\r\nBad Header\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
+        String::from_utf8_lossy(&reply).into_owned()
+    });
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let record = proxy
+        .audit_where(|r| r["kind"] == "mitm")
+        .expect("a record of the malformed request");
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert_eq!(record["reason"], "bad-request", "{record}");
+    assert_eq!(record["status"], 400, "{record}");
+    assert_eq!(record["host"], "allowed.test", "{record}");
+    assert_eq!(record["port"], port, "{record}");
+    assert_eq!(upstream.hits(), 0);
 }
 
 #[test]

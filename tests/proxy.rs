@@ -356,9 +356,96 @@ fn unreachable_upstream_is_502_upstream_failed() {
         "{}",
         r.body
     );
+    // The policy allowed it; the transfer failed: the record says both.
+    assert_eq!(r.header("x-tollgate-decision").as_deref(), Some("allow"));
     let record = proxy.audit_nth(1);
-    assert_eq!(record["reason"], "upstream-failed");
+    assert_eq!(record["decision"], "allow", "{record}");
+    assert!(record["rule"].is_string(), "{record}");
+    assert!(record.get("reason").is_none(), "{record}");
+    assert_eq!(record["outcome"], "upstream-failed", "{record}");
+    assert_eq!(record["status"], 502);
     assert_eq!(record["resolved"], "127.0.0.1");
+}
+
+/// A transport failure does not turn an audit-mode would_deny into a deny.
+#[test]
+fn audit_mode_keeps_would_deny_when_the_upstream_fails() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let policy = "version: 1\nmode: limited\nenforce: false\nallow: [nothing.test]\nhosts: {allowed.test: 127.0.0.1}\nallow_internal: [127.0.0.1/32]\n";
+    let proxy = Proxy::start(policy, &[]);
+    let r = curl_via(&proxy, &[&format!("http://allowed.test:{port}/")]);
+    assert_eq!(r.status, 502);
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["decision"], "would_deny", "{record}");
+    assert_eq!(record["reason"], "not-allowlisted", "{record}");
+    assert_eq!(record["outcome"], "upstream-failed", "{record}");
+}
+
+/// An upload the client abandons halfway is the client's doing, not a
+/// failed upstream, and the record says what reached the upstream.
+#[test]
+fn an_upload_the_client_aborts_is_recorded_as_allowed_and_client_aborted() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: allowed.test:{}\r\nContent-Length: 100000\r\n\r\n",
+        allowed_url(&upstream, "/upload"),
+        upstream.port()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'x'; 40_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["decision"], "allow", "{record}");
+    assert_eq!(record["outcome"], "client-aborted", "{record}");
+    assert!(record.get("reason").is_none(), "{record}");
+    let up = record["bytes_up"].as_u64().unwrap();
+    assert!(up > 0 && up <= 40_000, "{record}");
+}
+
+/// Completed exchanges and refusals say so.
+#[test]
+fn delivered_and_refused_exchanges_have_their_outcome() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    assert_eq!(
+        curl_via(&proxy, &[&allowed_url(&upstream, "/")]).status,
+        200
+    );
+    assert_eq!(
+        curl_via(&proxy, &["-I", &allowed_url(&upstream, "/")]).status,
+        200
+    );
+    let denied = format!("http://other.test:{}/", upstream.port());
+    assert_eq!(curl_via(&proxy, &[&denied]).status, 403);
+    let records = proxy.audit(3);
+    assert_eq!(records[0]["outcome"], "ok", "{records:#?}");
+    assert_eq!(records[1]["outcome"], "ok", "HEAD: {records:#?}");
+    assert_eq!(records[2]["outcome"], "refused", "{records:#?}");
+}
+
+/// A request refused as malformed still records what it said.
+#[test]
+fn a_host_mismatch_record_has_the_host_port_and_path_it_parsed() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&loopback_policy(&[upstream.port()], ""), &[]);
+    let request = format!(
+        "GET http://allowed.test:{}/secret/path HTTP/1.1\r\nHost: other.test\r\n\r\n",
+        upstream.port()
+    );
+    let reply = raw_exchange(&proxy, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    let record = proxy.audit_nth(1);
+    assert_eq!(record["reason"], "host-mismatch", "{record}");
+    assert_eq!(record["host"], "allowed.test", "{record}");
+    assert_eq!(record["port"], upstream.port(), "{record}");
+    assert_eq!(record["path"], "/secret/path", "{record}");
+    assert_eq!(record["outcome"], "refused", "{record}");
+    assert_eq!(upstream.hits(), 0);
 }
 
 #[test]
@@ -743,6 +830,10 @@ fn a_second_client_hello_for_another_host_after_a_retry_is_refused() {
     assert_eq!(record["kind"], "connect");
     assert_eq!(record["decision"], "deny", "{record}");
     assert_eq!(record["reason"], "sni-mismatch", "{record}");
+    // Refused inside the tunnel: no HTTP answer, so no status (the
+    // CONNECT's 200 is not the refusal's).
+    assert!(record.get("status").is_none(), "{record}");
+    assert_eq!(record["outcome"], "refused", "{record}");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(server.completed(), Vec::<Option<String>>::new());
 }

@@ -93,6 +93,28 @@ pub enum Kind {
     Mitm,
 }
 
+/// What became of the transfer, apart from the policy's decision (the
+/// record's `outcome`): an allowed request whose upstream cannot be reached
+/// stays `allow`, with `outcome: upstream-failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Delivered: the response relayed to its end, or the tunnel closed.
+    Ok,
+    /// The proxy answered itself (a deny or a malformed request): nothing
+    /// went upstream.
+    Refused,
+    /// The client went away, or its request body broke off, before the
+    /// exchange ended.
+    ClientAborted,
+    /// The upstream could not be reached, or broke off.
+    UpstreamFailed,
+    /// The name did not resolve.
+    ResolveFailed,
+    /// No response from the upstream in time.
+    Timeout,
+}
+
 /// One decision, as written to the log.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
@@ -126,6 +148,7 @@ pub struct Record {
     pub resolved: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    pub outcome: Transport,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
@@ -623,6 +646,7 @@ mod tests {
             reason: None,
             resolved: None,
             status: Some(403),
+            outcome: Transport::Ok,
             bytes_up: 1,
             bytes_down: 2,
             duration_ms: 3,

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::Kind;
 use crate::context::Conn;
-use crate::decision::{Decision, Reason};
+use crate::decision::Reason;
 use crate::exchange::Exchange;
 use crate::hello::Hello;
 use crate::host::{Host, HostPort};
@@ -84,7 +84,7 @@ pub(crate) async fn connect(conn: &Arc<Conn>, request: Request<Incoming>) -> Res
         Err(e) => {
             tracing::info!(id = exchange.id(), "{described}: {e}");
             exchange.record().resolved = e.address();
-            return conn.refuse(exchange, &Decision::refuse(e.reason()), &described);
+            return conn.refuse_or_fail(exchange, &e, &described);
         }
     };
     exchange.record().status = Some(StatusCode::OK.as_u16());
@@ -201,7 +201,7 @@ async fn open_tunnel<R: AsyncRead + Unpin>(
         }
         Err(reason) => {
             tracing::info!(id = exchange.id(), "CONNECT {target}: refused: {opening}");
-            exchange.decide(&Decision::refuse(reason));
+            exchange.refuse_inside(reason);
             return None;
         }
     };
@@ -238,7 +238,7 @@ async fn watch_retry<C: AsyncRead + AsyncWrite + Unpin>(
         Ok(()) => true,
         Err(Stop::Refused(reason, why)) => {
             tracing::info!(id = exchange.id(), "CONNECT {target}: refused: {why}");
-            exchange.decide(&Decision::refuse(reason));
+            exchange.refuse_inside(reason);
             false
         }
         Err(Stop::Ended(why)) => {

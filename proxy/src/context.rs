@@ -10,22 +10,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::header::HeaderValue;
 use http::uri::Scheme;
 use http::{Method, Request, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{AuditLog, Kind};
+use crate::audit::{AuditLog, Kind, Transport};
 use crate::client::{self, OpenUpstreams, UpstreamClient};
 use crate::config::{Interception, ProxyConfig};
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
 use crate::host::HostPort;
 use crate::policy::{Policy, Target};
-use crate::respond::{refusal, ProxyBody, Refused};
+use crate::respond::{refusal, ProxyBody, Refused, DECISION_HEADER};
 use crate::target::Malformed;
-use crate::upstream::DialTimeouts;
+use crate::upstream::{DialTimeouts, UpstreamError};
 
 /// A policy and the upstream clients built for it. Requests load the current
 /// generation; a reload swaps it, and connections pooled for the old policy
@@ -319,6 +320,7 @@ impl Conn {
         described: &str,
     ) -> Response<ProxyBody> {
         exchange.decide(decision);
+        exchange.ended(Transport::Refused);
         let reason = decision.reason().unwrap_or(Reason::BadRequest);
         let response = refusal(
             reason,
@@ -330,6 +332,78 @@ impl Conn {
         );
         exchange.record().status = Some(response.status().as_u16());
         response
+    }
+
+    /// Answers a request the policy let through (allowed, or only
+    /// audited) but whose transfer failed as `failed` says: 502 (or the
+    /// failure's own status) with that reason. The record keeps the
+    /// policy's decision and says what failed in its `outcome`.
+    pub fn fail(
+        &self,
+        mut exchange: Exchange,
+        failed: Transport,
+        described: &str,
+    ) -> Response<ProxyBody> {
+        exchange.ended(failed);
+        let reason = match failed {
+            Transport::ResolveFailed => Reason::ResolveFailed,
+            Transport::ClientAborted => Reason::BadRequest,
+            _ => Reason::UpstreamFailed,
+        };
+        let mut response = refusal(
+            reason,
+            &Refused {
+                what: described,
+                phase: self.shared.config.phase.as_deref(),
+                id: exchange.id(),
+            },
+        );
+        let decision = exchange.record().decision.as_str();
+        response
+            .headers_mut()
+            .insert(DECISION_HEADER, HeaderValue::from_static(decision));
+        exchange.record().status = Some(response.status().as_u16());
+        response
+    }
+
+    /// Answers a dial that failed: refused when the address guard stopped
+    /// it (a decision), else a failed transfer.
+    pub fn refuse_or_fail(
+        &self,
+        exchange: Exchange,
+        error: &UpstreamError,
+        described: &str,
+    ) -> Response<ProxyBody> {
+        match error.reason() {
+            Reason::ResolveFailed => self.fail(exchange, Transport::ResolveFailed, described),
+            Reason::UpstreamFailed => self.fail(exchange, Transport::UpstreamFailed, described),
+            reason => self.refuse(exchange, &Decision::refuse(reason), described),
+        }
+    }
+
+    /// hyper answers requests it cannot parse itself (400, or 431 for
+    /// oversized headers) without handing them to us: each gets a record
+    /// here, inside an intercepted tunnel with the tunnel's host and port.
+    pub fn record_unparsed(&self, error: &hyper::Error, kind: Kind, tunnel: Option<&HostPort>) {
+        let status = if error.is_parse_too_large() {
+            431
+        } else if error.is_parse() {
+            400
+        } else {
+            tracing::debug!(client = &*self.client, "connection ended: {error}");
+            return;
+        };
+        let mut exchange = self.begin(kind);
+        exchange.decide(&Decision::refuse(Reason::BadRequest));
+        exchange.ended(Transport::Refused);
+        let record = exchange.record();
+        record.status = Some(status);
+        if let Some(target) = tunnel {
+            record.scheme = Some("https");
+            record.host = Some(target.host.to_string());
+            record.port = Some(target.port);
+        }
+        tracing::info!(client = &*self.client, "refused malformed request: {error}");
     }
 
     /// Whether the audit log cannot be written and fails closed.

@@ -3,7 +3,7 @@
 //! (the response body finished or was abandoned, or the tunnel closed).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -11,14 +11,44 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::audit::{AuditLog, Kind, Record};
-use crate::decision::{Decision, Outcome};
+use crate::audit::{AuditLog, Kind, Record, Transport};
+use crate::decision::{Decision, Outcome, Reason};
 
-/// Byte counters shared between the two directions of an exchange.
+/// Byte counters shared between the two directions of an exchange, and
+/// what the bodies saw of its end.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub up: AtomicU64,
     pub down: AtomicU64,
+    /// The client's request body broke off.
+    client_failed: AtomicBool,
+    /// The upstream's response body broke off.
+    upstream_failed: AtomicBool,
+    /// A response body is being relayed ...
+    relaying: AtomicBool,
+    /// ... and reached its end.
+    delivered: AtomicBool,
+}
+
+impl Counters {
+    /// Whether the client's request body broke off (a failed upstream
+    /// request is then the client's doing).
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
+    }
+
+    /// The outcome the bodies saw: a relayed response that did not reach
+    /// its end was abandoned by the client.
+    fn transport(&self) -> Transport {
+        let seen = |flag: &AtomicBool| flag.load(Ordering::Relaxed);
+        if seen(&self.upstream_failed) {
+            Transport::UpstreamFailed
+        } else if seen(&self.client_failed) || (seen(&self.relaying) && !seen(&self.delivered)) {
+            Transport::ClientAborted
+        } else {
+            Transport::Ok
+        }
+    }
 }
 
 /// An audit record in progress. Dropping it writes it.
@@ -27,6 +57,9 @@ pub struct Exchange {
     record: Record,
     started: Instant,
     counters: Arc<Counters>,
+    /// How the transfer ended, when the proxy knows it for itself (else
+    /// what the bodies saw).
+    transport: Option<Transport>,
 }
 
 impl Exchange {
@@ -55,6 +88,7 @@ impl Exchange {
             reason: None,
             resolved: None,
             status: None,
+            outcome: Transport::Ok,
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0,
@@ -64,7 +98,22 @@ impl Exchange {
             record,
             started: Instant::now(),
             counters: Arc::new(Counters::default()),
+            transport: None,
         }
+    }
+
+    /// Records a refusal inside an established tunnel (a ClientHello or a
+    /// request the proxy would not pass): the client saw the CONNECT's 200
+    /// and then the connection close, no HTTP answer, so no status.
+    pub fn refuse_inside(&mut self, reason: Reason) {
+        self.decide(&Decision::refuse(reason));
+        self.ended(Transport::Refused);
+        self.record.status = None;
+    }
+
+    /// Records how the transfer ended, whatever the bodies saw.
+    pub fn ended(&mut self, transport: Transport) {
+        self.transport = Some(transport);
     }
 
     /// The record being filled in.
@@ -91,6 +140,7 @@ impl Drop for Exchange {
         record.bytes_up = self.counters.up.load(Ordering::Relaxed);
         record.bytes_down = self.counters.down.load(Ordering::Relaxed);
         record.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        record.outcome = self.transport.unwrap_or_else(|| self.counters.transport());
         self.log.write(record);
     }
 }
@@ -121,10 +171,20 @@ impl<B> Metered<B> {
     }
 
     /// The response body: counts bytes down and closes the exchange.
-    pub fn down(inner: B, exchange: Exchange) -> Metered<B> {
+    pub fn down(inner: B, exchange: Exchange) -> Metered<B>
+    where
+        B: Body,
+    {
+        let counters = exchange.counters();
+        counters.relaying.store(true, Ordering::Relaxed);
+        // A body with nothing to relay (HEAD, 204, 304) may never be
+        // polled: it is delivered as it is.
+        if inner.is_end_stream() {
+            counters.delivered.store(true, Ordering::Relaxed);
+        }
         Metered {
             inner,
-            counters: exchange.counters(),
+            counters,
             direction: Direction::Down,
             exchange: Some(exchange),
         }
@@ -151,9 +211,25 @@ where
                 };
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
+            // A body of known length may be dropped once its last byte is
+            // out, never polled to its end.
+            if matches!(self.direction, Direction::Down) && self.inner.is_end_stream() {
+                self.counters.delivered.store(true, Ordering::Relaxed);
+            }
         }
-        if let Poll::Ready(None) = &polled {
-            drop(self.exchange.take());
+        match &polled {
+            Poll::Ready(None) => {
+                self.counters.delivered.store(true, Ordering::Relaxed);
+                drop(self.exchange.take());
+            }
+            Poll::Ready(Some(Err(_))) => {
+                let broke = match self.direction {
+                    Direction::Up => &self.counters.client_failed,
+                    Direction::Down => &self.counters.upstream_failed,
+                };
+                broke.store(true, Ordering::Relaxed);
+            }
+            _ => {}
         }
         polled
     }

@@ -12,10 +12,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::audit::Kind;
+use crate::audit::{Kind, Transport};
 use crate::client::{error_chain, upstream_error, Dialed};
 use crate::context::Conn;
-use crate::decision::{Decision, Reason};
 use crate::exchange::{Exchange, Metered};
 use crate::host::HostPort;
 use crate::policy::Target;
@@ -29,7 +28,44 @@ pub(crate) async fn forward(conn: &Conn, request: Request<Incoming>) -> Response
     exchange.record().method = Some(request.method().to_string());
     match http_target(&request) {
         Ok(target) => deliver(conn, exchange, request, target, Scheme::HTTP).await,
-        Err(malformed) => conn.refuse_malformed(exchange, malformed),
+        Err(malformed) => {
+            note_what_was_parsed(&mut exchange, &request, None);
+            conn.refuse_malformed(exchange, malformed)
+        }
+    }
+}
+
+/// What a request refused as malformed still said, for its record: the
+/// path, and the host and port of its URI (or, inside an intercepted
+/// tunnel, of the tunnel).
+pub(crate) fn note_what_was_parsed<B>(
+    exchange: &mut Exchange,
+    request: &Request<B>,
+    tunnel: Option<&HostPort>,
+) {
+    let uri = request.uri();
+    let record = exchange.record();
+    if !uri.path().is_empty() && uri.path_and_query().is_some() {
+        record.path = Some(uri.path().to_owned());
+    }
+    let (scheme, target) = match tunnel {
+        Some(tunnel) => (Some("https"), Some(tunnel.clone())),
+        None => {
+            let (scheme, default_port) = match uri.scheme_str() {
+                Some("https") => (Some("https"), 443),
+                Some("http") => (Some("http"), 80),
+                _ => (None, 80),
+            };
+            let target = uri
+                .authority()
+                .and_then(|authority| HostPort::parse(authority.as_str(), default_port).ok());
+            (scheme, target)
+        }
+    };
+    record.scheme = scheme;
+    if let Some(target) = target {
+        record.host = Some(target.host.to_string());
+        record.port = Some(target.port);
     }
 }
 
@@ -63,11 +99,7 @@ pub(crate) async fn deliver(
         return conn.refuse(exchange, &decision, &described);
     }
     let Some(client) = generation.client_for(&scheme) else {
-        return conn.refuse(
-            exchange,
-            &Decision::refuse(Reason::UpstreamFailed),
-            &described,
-        );
+        return conn.fail(exchange, Transport::UpstreamFailed, &described);
     };
 
     let client_upgrade = wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
@@ -81,15 +113,12 @@ pub(crate) async fn deliver(
         let close = HeaderValue::from_static("close");
         request.headers_mut().insert(header::CONNECTION, close);
     }
-    let request = request.map(|body| Metered::up(body, exchange.counters()));
+    let counters = exchange.counters();
+    let request = request.map(|body| Metered::up(body, counters.clone()));
     let Ok(result) = tokio::time::timeout(conn.response_timeout(), client.request(request)).await
     else {
         tracing::info!(id = exchange.id(), "{described}: no response in time");
-        return conn.refuse(
-            exchange,
-            &Decision::refuse(Reason::UpstreamFailed),
-            &described,
-        );
+        return conn.fail(exchange, Transport::Timeout, &described);
     };
     match result {
         Ok(response) => match client_upgrade {
@@ -99,13 +128,19 @@ pub(crate) async fn deliver(
             _ => relay_response(exchange, response),
         },
         Err(error) => {
-            let (reason, address) = match upstream_error(&error) {
-                Some(e) => (e.reason(), e.address()),
-                None => (Reason::UpstreamFailed, None),
-            };
             tracing::info!(id = exchange.id(), "{described}: {}", error_chain(&error));
-            exchange.record().resolved = address;
-            conn.refuse(exchange, &Decision::refuse(reason), &described)
+            if counters.client_failed() {
+                // The request body broke off on the client's side: what
+                // reached the upstream is in bytes_up.
+                return conn.fail(exchange, Transport::ClientAborted, &described);
+            }
+            match upstream_error(&error) {
+                Some(e) => {
+                    exchange.record().resolved = e.address();
+                    conn.refuse_or_fail(exchange, e, &described)
+                }
+                None => conn.fail(exchange, Transport::UpstreamFailed, &described),
+            }
         }
     }
 }

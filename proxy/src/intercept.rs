@@ -20,9 +20,9 @@ use tollgate_certs::{CertificateAuthority, LeafName};
 
 use crate::audit::Kind;
 use crate::context::Conn;
-use crate::decision::{Decision, Reason};
+use crate::decision::Reason;
 use crate::exchange::{Direction, Exchange};
-use crate::forward::deliver;
+use crate::forward::{deliver, note_what_was_parsed};
 use crate::host::{Host, HostPort};
 use crate::respond::{discard_body, ProxyBody};
 use crate::target::{check_authority, Malformed};
@@ -56,13 +56,13 @@ pub(crate) async fn serve(
                 id = exchange.id(),
                 "CONNECT {target}: not a TLS ClientHello: {e}"
             );
-            exchange.decide(&Decision::refuse(Reason::BadRequest));
+            exchange.refuse_inside(Reason::BadRequest);
             return;
         }
         Err(_) => return,
     };
     if !sni_names_target(hello.client_hello().server_name(), &target) {
-        exchange.decide(&Decision::refuse(Reason::SniMismatch));
+        exchange.refuse_inside(Reason::SniMismatch);
         return;
     }
     let config = match authority.server_config(&leaf_name(&target.host)) {
@@ -106,6 +106,7 @@ where
 {
     let stop = conn.stopping();
     let header_timeout = conn.first_byte_timeout();
+    let (recorder, tunnel) = (conn.clone(), target.clone());
     let service = service_fn(move |request| {
         let (conn, target) = (conn.clone(), target.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(&conn, request, target).await) }
@@ -125,7 +126,10 @@ where
     tokio::select! {
         result = serving => {
             if let Err(e) = result {
-                tracing::debug!("intercepted connection ended: {e}");
+                match e.downcast_ref::<hyper::Error>() {
+                    Some(error) => recorder.record_unparsed(error, Kind::Mitm, Some(&tunnel)),
+                    None => tracing::debug!("intercepted connection ended: {e}"),
+                }
             }
         }
         () = stop.cancelled() => {}
@@ -140,6 +144,7 @@ async fn handle(conn: &Conn, request: Request<Incoming>, target: HostPort) -> Re
     }
     let mut exchange = conn.begin(Kind::Mitm);
     exchange.record().method = Some(request.method().to_string());
+    note_what_was_parsed(&mut exchange, &request, Some(&target));
     if request.method() == Method::CONNECT {
         let refused = Malformed::Bad("CONNECT inside an intercepted tunnel".into());
         return conn.refuse_malformed(exchange, refused);

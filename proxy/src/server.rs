@@ -25,7 +25,6 @@ use crate::audit::{AuditLog, Kind};
 use crate::config::ProxyConfig;
 use crate::connect::connect;
 use crate::context::{Conn, Shared};
-use crate::decision::{Decision, Reason};
 use crate::forward::forward;
 use crate::listen::Listener;
 use crate::policy::Policy;
@@ -165,7 +164,7 @@ where
         }
     };
     if let Err(error) = result {
-        record_connection_error(&conn, &error);
+        conn.record_unparsed(&error, Kind::Http, None);
     }
 }
 
@@ -183,21 +182,4 @@ async fn handle(conn: &Arc<Conn>, request: Request<Incoming>) -> Response<ProxyB
     } else {
         forward(conn, request).await
     }
-}
-
-/// hyper answers requests it cannot parse itself (400, or 431 for
-/// oversized headers); record them, since they never reach `handle`.
-fn record_connection_error(conn: &Conn, error: &hyper::Error) {
-    let status = if error.is_parse_too_large() {
-        431
-    } else if error.is_parse() {
-        400
-    } else {
-        tracing::debug!(client = &*conn.client, "connection ended: {error}");
-        return;
-    };
-    let mut exchange = conn.begin(Kind::Http);
-    exchange.decide(&Decision::refuse(Reason::BadRequest));
-    exchange.record().status = Some(status);
-    tracing::info!(client = &*conn.client, "refused malformed request: {error}");
 }

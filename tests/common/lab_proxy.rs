@@ -207,8 +207,10 @@ impl LabProxy {
 
     /// Checks one refusal end to end: status, `X-Tollgate-*` headers, and
     /// the audit record it names (decision, reason, kind, and `resolved`:
-    /// the refused address, or absent when nothing was resolved). Returns
-    /// what is wrong, each line naming `what`.
+    /// the refused address, or absent when nothing was resolved). A
+    /// transfer that failed (`resolve-failed`, `upstream-failed`) was
+    /// allowed by the policy: its record says `allow`, with the failure as
+    /// its `outcome`. Returns what is wrong, each line naming `what`.
     pub fn refusal_problems(
         &self,
         what: &str,
@@ -218,10 +220,16 @@ impl LabProxy {
         resolved: Option<IpAddr>,
     ) -> Vec<String> {
         let mut problems = Vec::new();
+        let failed_transfer = matches!(reason, "resolve-failed" | "upstream-failed");
         let status = match reason {
-            "resolve-failed" | "upstream-failed" => 502,
+            _ if failed_transfer => 502,
             "bad-request" => 400,
             _ => 403,
+        };
+        let (decision, outcome) = if failed_transfer {
+            ("allow", reason)
+        } else {
+            ("deny", "refused")
         };
         if reply.status != status || reply.header("x-tollgate-reason") != Some(reason) {
             problems.push(format!(
@@ -232,8 +240,8 @@ impl LabProxy {
             ));
             return problems;
         }
-        if reply.header("x-tollgate-decision") != Some("deny") {
-            problems.push(format!("{what}: no X-Tollgate-Decision: deny"));
+        if reply.header("x-tollgate-decision") != Some(decision) {
+            problems.push(format!("{what}: no X-Tollgate-Decision: {decision}"));
         }
         let Some(id) = reply.header("x-tollgate-id") else {
             problems.push(format!("{what}: no X-Tollgate-Id header"));
@@ -246,15 +254,17 @@ impl LabProxy {
         let got_resolved = record["resolved"]
             .as_str()
             .and_then(|s| s.parse::<IpAddr>().ok());
-        if record["decision"] != "deny"
-            || record["reason"] != reason
+        let got_reason = record.get("reason").and_then(Value::as_str);
+        if record["decision"] != decision
+            || got_reason != (!failed_transfer).then_some(reason)
+            || record["outcome"] != outcome
             || record["kind"] != kind
             || record["status"] != status
             || got_resolved != resolved
         {
             problems.push(format!(
-                "{what}: want audit decision deny, reason {reason}, kind {kind}, status {status}, \
-                 resolved {resolved:?}; got {record}"
+                "{what}: want audit decision {decision}, reason {reason}, outcome {outcome}, \
+                 kind {kind}, status {status}, resolved {resolved:?}; got {record}"
             ));
         }
         problems
