@@ -280,8 +280,14 @@ pub struct ProxyArgs {
     pub tunnel_idle_timeout: u64,
 
     /// Client connections served at once; more wait in the listen backlog.
+    /// Lowered, with a warning, to what the open-file limit fits.
     #[arg(long, value_name = "N", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Connections one client (an IP address) may hold at once; one more
+    /// is closed when accepted and recorded as `too-many-connections`.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_connections: u32,
 }
 
 #[derive(Debug, Subcommand)]

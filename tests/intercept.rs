@@ -628,3 +628,57 @@ fn https(ca: &Ca, proxy: &Proxy, version: &str, extra: &[&str], url: &str) -> Cu
     args.push(url);
     curl_via(proxy, &args)
 }
+
+/// An intercepted HTTP/2 connection may send 32 requests at once; it gets
+/// 8 upstream connections for them, and the rest wait their turn (so one
+/// client connection cannot hold 32 descriptors upstream).
+#[test]
+fn an_http2_client_connection_holds_a_bounded_number_of_upstream_connections() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let port = upstream.port();
+    let statuses = block_on(async {
+        let stream = connect_tunnel(&proxy, "allowed.test", port).await;
+        let mut config = client_config(roots_from(&ca.cert()));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await
+            .unwrap();
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let requests = (0..32).map(|i| {
+            let mut sender = sender.clone();
+            async move {
+                let request =
+                    http::Request::get(format!("https://allowed.test:{port}/public/slow/{i}"))
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                sender
+                    .send_request(request)
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        });
+        let mut statuses = Vec::new();
+        for handle in requests.map(tokio::spawn).collect::<Vec<_>>() {
+            statuses.push(handle.await.unwrap());
+        }
+        statuses
+    });
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(200))),
+        "{statuses:?}"
+    );
+    let most = upstream
+        .most_slow_at_once
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=8).contains(&most), "{most} upstream requests at once");
+}

@@ -1261,3 +1261,70 @@ fn wait_for(condition: impl Fn() -> bool) {
 fn allowed_url(upstream: &Upstream, path: &str) -> String {
     format!("http://allowed.test:{}{path}", upstream.port())
 }
+
+/// One client cannot hold every connection: past its cap, its next
+/// connection is closed (and recorded) at once, and another client is
+/// still served.
+#[test]
+fn a_client_past_its_connection_cap_is_closed_and_others_are_served() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(
+        &loopback_policy(&[upstream.port()], ""),
+        &["--max-client-connections", "3"],
+    );
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(proxy.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(proxy.addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(extra.read(&mut buf), Ok(0) | Err(_));
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(2),
+        "the fourth connection was kept open"
+    );
+    let record = proxy
+        .audit_where(|r| r["reason"] == "too-many-connections")
+        .expect("a too-many-connections record");
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert!(record["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    // Another client (127.0.0.2 is loopback too) is served meanwhile.
+    let other = curl_via(
+        &proxy,
+        &["--interface", "127.0.0.2", &allowed_url(&upstream, "/")],
+    );
+    assert_eq!(other.status, 200, "{other:?}");
+    // And the first gets its place back when one of its connections goes.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        curl_via(&proxy, &[&allowed_url(&upstream, "/")]).status,
+        200
+    );
+}
+
+/// Started with fewer descriptors than its connections need, the proxy
+/// serves fewer connections and says so, instead of running out.
+#[test]
+fn a_low_open_file_limit_lowers_the_connections_served() {
+    let scratch = Scratch::new("nofile");
+    let policy = scratch.write("policy.yaml", "version: 1\nmode: off\n");
+    let audit = scratch.path("audit.jsonl");
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .args(["--nofile=256:256", BIN, "proxy", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&audit)
+        .args(["--listen", "127.0.0.1:0"]);
+    let proxy = Proxy::spawn(&mut command, scratch, audit);
+    // (256 - 64) / 10 descriptors a connection.
+    let warned = poll(Duration::from_secs(5), || {
+        proxy.stderr().contains("fits 19 connections").then_some(())
+    });
+    assert!(warned.is_some(), "{}", proxy.stderr());
+}

@@ -13,13 +13,14 @@ use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::uri::Scheme;
 use http::{Method, Request, Response};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditLog, Kind, Transport};
 use crate::client::{self, OpenUpstreams, UpstreamClient};
-use crate::config::{Interception, ProxyConfig};
+use crate::clients::{ClientCounts, ClientSlot};
+use crate::config::{Interception, ProxyConfig, UPSTREAMS_PER_CONNECTION};
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
 use crate::host::HostPort;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     /// Tunnels and relays open now: a new policy re-decides them.
     tunnels: Arc<OpenTunnels>,
     upstream: Arc<OpenUpstreams>,
+    /// Connections each client holds, against its cap.
+    pub clients: Arc<ClientCounts>,
     pub audit: AuditLog,
     pub config: ProxyConfig,
     pub tasks: TaskTracker,
@@ -100,6 +103,7 @@ impl Shared {
             generation: ArcSwap::from_pointee(generation),
             tunnels: Arc::new(OpenTunnels::default()),
             upstream,
+            clients: ClientCounts::new(config.max_client_connections),
             audit,
             config,
             tasks: TaskTracker::new(),
@@ -215,16 +219,33 @@ impl Drop for Tracked {
 pub(crate) struct Conn {
     shared: Arc<Shared>,
     pub client: Arc<str>,
+    /// Upstream requests this connection may have in flight.
+    upstreams: Arc<Semaphore>,
     _permit: OwnedSemaphorePermit,
+    _slot: ClientSlot,
 }
 
 impl Conn {
-    pub fn new(shared: Arc<Shared>, client: Arc<str>, permit: OwnedSemaphorePermit) -> Conn {
+    pub fn new(
+        shared: Arc<Shared>,
+        client: Arc<str>,
+        permit: OwnedSemaphorePermit,
+        slot: ClientSlot,
+    ) -> Conn {
         Conn {
             shared,
             client,
+            upstreams: Arc::new(Semaphore::new(UPSTREAMS_PER_CONNECTION)),
             _permit: permit,
+            _slot: slot,
         }
+    }
+
+    /// A place for one more upstream request of this connection, waiting
+    /// at most `wait` for one of its own to finish; None past that.
+    pub async fn upstream_slot(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let slot = self.upstreams.clone().acquire_owned();
+        tokio::time::timeout(wait, slot).await.ok()?.ok()
     }
 
     pub fn config(&self) -> &ProxyConfig {

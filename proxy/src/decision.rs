@@ -27,6 +27,7 @@ pub enum Reason {
     UpstreamFailed,
     AuditUnavailable,
     NeedsInterception,
+    TooManyConnections,
 }
 
 impl Reason {
@@ -48,6 +49,7 @@ impl Reason {
             Reason::UpstreamFailed => "upstream-failed",
             Reason::AuditUnavailable => "audit-unavailable",
             Reason::NeedsInterception => "needs-interception",
+            Reason::TooManyConnections => "too-many-connections",
         }
     }
 
@@ -75,6 +77,7 @@ impl Reason {
             Reason::NeedsInterception => {
                 "the policy now decides on what is inside this tunnel, which a plain tunnel cannot show"
             }
+            Reason::TooManyConnections => "this client holds as many connections as one client may",
         }
     }
 
@@ -224,6 +227,7 @@ mod tests {
             (Reason::UpstreamFailed, "upstream-failed"),
             (Reason::AuditUnavailable, "audit-unavailable"),
             (Reason::NeedsInterception, "needs-interception"),
+            (Reason::TooManyConnections, "too-many-connections"),
         ];
         for (reason, code) in all {
             assert_eq!(reason.code(), code);

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit::{AuditLog, Kind, Record, Transport};
 use crate::decision::{Decision, Outcome, Reason};
@@ -60,6 +61,9 @@ pub struct Exchange {
     /// How the transfer ended, when the proxy knows it for itself (else
     /// what the bodies saw).
     transport: Option<Transport>,
+    /// What the exchange holds until it ends (its client connection's
+    /// upstream slot).
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl Exchange {
@@ -99,7 +103,13 @@ impl Exchange {
             started: Instant::now(),
             counters: Arc::new(Counters::default()),
             transport: None,
+            held: None,
         }
+    }
+
+    /// Keeps `permit` until the exchange ends.
+    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self.held = Some(permit);
     }
 
     /// Records a refusal inside an established tunnel (a ClientHello or a

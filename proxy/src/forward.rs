@@ -113,6 +113,13 @@ pub(crate) async fn deliver(
         let close = HeaderValue::from_static("close");
         request.headers_mut().insert(header::CONNECTION, close);
     }
+    // Each request in flight holds an upstream connection: a client
+    // connection gets a few at once (HTTP/2 would have 32), however many
+    // requests it sends.
+    let Some(slot) = conn.upstream_slot(conn.response_timeout()).await else {
+        return conn.fail(exchange, Transport::Timeout, &described);
+    };
+    exchange.hold(slot);
     let counters = exchange.counters();
     let request = request.map(|body| Metered::up(body, counters.clone()));
     let Ok(result) = tokio::time::timeout(conn.response_timeout(), client.request(request)).await

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod chain;
 mod client;
+mod clients;
 mod config;
 mod connect;
 mod context;

@@ -25,6 +25,8 @@ use crate::audit::{AuditLog, Kind};
 use crate::config::ProxyConfig;
 use crate::connect::connect;
 use crate::context::{Conn, Shared};
+use crate::decision::Reason;
+use crate::exchange::Exchange;
 use crate::forward::forward;
 use crate::listen::Listener;
 use crate::policy::Policy;
@@ -40,6 +42,7 @@ impl Proxy {
     /// A proxy enforcing `policy`, which may be shared (the phases of a run
     /// that use the same policy share one compiled copy).
     pub fn new(policy: Arc<Policy>, audit: AuditLog, config: ProxyConfig) -> Arc<Proxy> {
+        let config = within_this_process_open_files(config);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         Arc::new(Proxy {
             shared: Arc::new(Shared::new(policy, audit, config)),
@@ -99,6 +102,20 @@ impl Proxy {
         shared.tasks.wait().await;
     }
 
+    /// Records a connection closed because its client holds its cap.
+    fn refuse_connection(&self, client: Arc<str>) {
+        let shared = &self.shared;
+        let mut exchange = Exchange::begin(
+            &shared.audit,
+            client,
+            shared.config.phase.clone(),
+            shared.generation().policy.digest().clone(),
+            Kind::Http,
+        );
+        exchange.refuse_inside(Reason::TooManyConnections);
+        tracing::debug!("closed a connection past its client's cap");
+    }
+
     async fn accept_loop<S, F, Fut>(self: Arc<Self>, mut accept: F)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -119,10 +136,15 @@ impl Proxy {
                 () = draining.cancelled() => return,
             };
             match accepted {
-                Ok((stream, client)) => {
-                    let conn = Arc::new(Conn::new(self.shared.clone(), client, permit));
-                    self.shared.tasks.spawn(serve_connection(conn, stream));
-                }
+                Ok((stream, client)) => match self.shared.clients.try_take(&client) {
+                    Some(slot) => {
+                        let conn = Arc::new(Conn::new(self.shared.clone(), client, permit, slot));
+                        self.shared.tasks.spawn(serve_connection(conn, stream));
+                    }
+                    // Closed at once: held, even unread, it would cost the
+                    // descriptor the cap is there to save.
+                    None => self.refuse_connection(client),
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
@@ -131,6 +153,20 @@ impl Proxy {
             }
         }
     }
+}
+
+/// `config` within this process's open-file limit (its soft limit, which
+/// tollgate raises to the hard one first), saying so when it lowers it.
+fn within_this_process_open_files(config: ProxyConfig) -> ProxyConfig {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return config;
+    };
+    let (config, warning) = config.within_open_files(soft);
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    config
 }
 
 /// Serves one client connection's requests until it closes, the proxy

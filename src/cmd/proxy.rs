@@ -67,6 +67,7 @@ fn config_from(args: &ProxyArgs) -> ProxyConfig {
         header_timeout: Duration::from_secs(args.header_timeout),
         tunnel_idle_timeout: Duration::from_secs(args.tunnel_idle_timeout),
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        max_client_connections: usize::try_from(args.max_client_connections).unwrap_or(usize::MAX),
         ..ProxyConfig::default()
     }
 }

@@ -43,9 +43,12 @@ pub fn self_signed_server(
 
 /// A loopback HTTPS server (certificate for `names`, self-signed) that
 /// answers like [`Upstream`]; `ca_pem` is the certificate for curl --cacert.
+/// Paths under `/public/slow` answer after 300 ms, and the most such
+/// requests it had at once is counted.
 pub struct TlsUpstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    pub most_slow_at_once: Arc<AtomicUsize>,
     pub ca_pem: PathBuf,
     _scratch: Scratch,
     _runtime: tokio::runtime::Runtime,
@@ -60,19 +63,31 @@ impl TlsUpstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let h = hits.clone();
+        let most_slow_at_once = Arc::new(AtomicUsize::new(0));
+        let slow = (Arc::new(AtomicUsize::new(0)), most_slow_at_once.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (acceptor, h, s) = (acceptor.clone(), h.clone(), seen.clone());
+                let slow = slow.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (h, s) = (h.clone(), s.clone());
-                        async move { Ok::<_, hyper::Error>(answer(req, &h, &s).await) }
+                        let (now, most) = slow.clone();
+                        async move {
+                            if req.uri().path().starts_with("/public/slow") {
+                                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                                most.fetch_max(at_once, Ordering::SeqCst);
+                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                                now.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            Ok::<_, hyper::Error>(answer(req, &h, &s).await)
+                        }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -83,6 +98,7 @@ impl TlsUpstream {
         TlsUpstream {
             addr,
             hits,
+            most_slow_at_once,
             ca_pem,
             _scratch: scratch,
             _runtime: runtime,

@@ -157,11 +157,14 @@ impl Building {
     /// serves the proxy.
     pub fn serve(self, network: Network<'_>) -> Result<Enclave, EnclaveError> {
         let (sandbox, listener) = self.sandbox.built()?;
+        let defaults = ProxyConfig::default();
         let config = ProxyConfig {
             phase: Some(Arc::from(network.phase)),
             interception: self.interception,
             shutdown_grace: network.shutdown_grace,
-            ..ProxyConfig::default()
+            // The sandbox is the proxy's one client.
+            max_client_connections: defaults.max_connections,
+            ..defaults
         };
         let proxy = Proxy::new(network.policy, network.audit, config);
         let listener = Listener::from_std(listener)?;
