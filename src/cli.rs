@@ -109,6 +109,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PEM")]
     pub upstream_ca: Vec<PathBuf>,
 
+    /// Serve Prometheus metrics at /metrics on ADDR (IP:PORT or unix:PATH),
+    /// on the host.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<ListenAddr>,
+
     /// The agent command and its arguments; without one, the run stops
     /// after setup.
     #[arg(last = true, value_name = "AGENT")]
@@ -132,6 +137,11 @@ pub struct ExecArgs {
     /// Policy file or built-in name (off, unrestricted, common-dependencies).
     #[arg(long, value_name = "FILE")]
     pub policy: String,
+
+    /// Serve Prometheus metrics at /metrics on ADDR (IP:PORT or unix:PATH),
+    /// on the host.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<ListenAddr>,
 
     /// Audit log file (appended, mode 0600); none by default.
     #[arg(long, value_name = "PATH")]
@@ -248,6 +258,10 @@ pub struct ProxyArgs {
     /// Where to listen: IP:PORT or unix:PATH. Repeat for several.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3128")]
     pub listen: Vec<ListenAddr>,
+
+    /// Serve Prometheus metrics at /metrics on ADDR (IP:PORT or unix:PATH).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<ListenAddr>,
 
     /// Audit log file (appended, created mode 0600), or - for standard output.
     #[arg(long, value_name = "PATH|-", default_value = "-")]

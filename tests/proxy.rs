@@ -1328,3 +1328,70 @@ fn a_low_open_file_limit_lowers_the_connections_served() {
     });
     assert!(warned.is_some(), "{}", proxy.stderr());
 }
+
+/// `curl --unix-socket` GET of `path` on the metrics socket: status, body.
+fn scrape(socket: &std::path::Path, path: &str) -> CurlResult {
+    curl(&[
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        &format!("http://metrics{path}"),
+    ])
+}
+
+/// The value of the sample whose line starts with `series` (name and
+/// labels as written), or None.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// --metrics serves Prometheus text: decisions by decision and reason,
+/// bytes, open connections, audit write errors, and the policy generation,
+/// which a reload moves on.
+#[test]
+fn metrics_count_decisions_bytes_and_reloads() {
+    let upstream = Upstream::start();
+    let scratch = Scratch::new("metrics");
+    let socket = scratch.path("metrics.sock");
+    let policy_path = scratch.write("policy.yaml", &loopback_policy(&[upstream.port()], ""));
+    let metrics_arg = format!("unix:{}", socket.display());
+    let proxy = Proxy::start_with_policy_file(&policy_path, &["--metrics", &metrics_arg]);
+    assert_eq!(
+        curl_via(&proxy, &[&allowed_url(&upstream, "/")]).status,
+        200
+    );
+    let denied = format!("http://other.test:{}/", upstream.port());
+    assert_eq!(curl_via(&proxy, &[&denied]).status, 403);
+    proxy.audit(2);
+    let scraped = scrape(&socket, "/metrics");
+    assert_eq!(scraped.status, 200, "{scraped:?}");
+    assert!(
+        scraped
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{scraped:?}"
+    );
+    let text = &scraped.body;
+    let value =
+        |series: &str| sample(text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
+    assert_eq!(
+        value(r#"tollgate_decisions_total{decision="allow",reason="",phase=""}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"tollgate_decisions_total{decision="deny",reason="not-allowlisted",phase=""}"#),
+        1.0
+    );
+    assert!(value(r#"tollgate_bytes_total{direction="down",phase=""}"#) > 0.0);
+    assert_eq!(value("tollgate_audit_write_errors_total"), 0.0);
+    assert_eq!(value("tollgate_policy_generation"), 1.0);
+    assert!(value("tollgate_open_connections") >= 0.0);
+    assert!(value("tollgate_exchange_seconds_count") >= 2.0);
+    proxy.signal("HUP");
+    let reloaded = poll(Duration::from_secs(5), || {
+        let text = scrape(&socket, "/metrics").body;
+        (sample(&text, "tollgate_policy_generation") == Some(2.0)).then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", proxy.stderr());
+    assert_eq!(scrape(&socket, "/other").status, 404);
+}

@@ -1477,3 +1477,38 @@ fn run_directories_of_dead_tollgates_are_removed() {
     assert!(status.success());
     assert!(!stale.exists(), "stale run directory left in place");
 }
+
+/// exec's --metrics (on the host) counts the sandbox's decisions under
+/// phase "exec" while the command runs.
+#[test]
+fn exec_serves_metrics_of_its_proxy_on_the_host() {
+    require_root!();
+    let scratch = Scratch::new("exec-metrics");
+    let socket = scratch.path("metrics.sock");
+    let metrics_arg = format!("unix:{}", socket.display());
+    let _running = start_exec(&mut exec_command(
+        &["--metrics", &metrics_arg],
+        &[
+            "sh",
+            "-c",
+            "curl -s -o /dev/null http://blocked.test/; sleep 10",
+        ],
+    ));
+    let series = r#"tollgate_decisions_total{decision="deny",reason="mode-off",phase="exec"} 1"#;
+    let seen = poll(Duration::from_secs(10), || {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--unix-socket",
+                socket.to_str().unwrap(),
+                "http://m/metrics",
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|line| line == series)
+            .then_some(())
+    });
+    assert!(seen.is_some(), "no {series}");
+}

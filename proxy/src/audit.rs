@@ -199,11 +199,24 @@ struct Health {
     /// Records the writer had taken when it last had nothing left to
     /// write: while this equals `sent`, every record is in the sink.
     settled: AtomicU64,
+    /// Writes that failed.
+    errors: AtomicU64,
 }
 
 impl Health {
     fn all_written(&self) -> bool {
         self.settled.load(Ordering::Acquire) == self.sent.load(Ordering::Acquire)
+    }
+}
+
+/// How many times a log's writes have failed (for metrics). It does not
+/// keep the log open.
+#[derive(Debug, Clone)]
+pub struct WriteErrors(Arc<Health>);
+
+impl WriteErrors {
+    pub fn count(&self) -> u64 {
+        self.0.errors.load(Ordering::Relaxed)
     }
 }
 
@@ -287,6 +300,11 @@ impl AuditLog {
     /// log cannot be written right now, and it fails closed.
     pub fn refuses_requests(&self) -> bool {
         !self.fail_open && self.health.failing.load(Ordering::Relaxed)
+    }
+
+    /// How many times a write of this log has failed, as it goes.
+    pub fn write_errors(&self) -> WriteErrors {
+        WriteErrors(self.health.clone())
     }
 
     /// A new record id, unique within this proxy and across restarts.
@@ -561,6 +579,7 @@ impl Writer {
     }
 
     fn failed(&mut self, error: &io::Error) {
+        self.health.errors.fetch_add(1, Ordering::Relaxed);
         if !self.health.failing.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 "audit log write failed: {error}; refusing new requests (503 audit-unavailable) until it can be written"

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tollgate_certs::CertificateAuthority;
 
+use crate::metrics::Metrics;
 use crate::upstream::DialTimeouts;
 
 /// What interception needs: a CA to present leaves for intercepted hosts,
@@ -47,6 +48,8 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// TLS interception, when a CA is configured.
     pub interception: Option<Interception>,
+    /// Where the proxy counts what it does (`--metrics`).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Upstream requests one client connection may have in flight at once
@@ -113,6 +116,7 @@ impl Default for ProxyConfig {
             phase: None,
             shutdown_grace: Duration::from_secs(5),
             interception: None,
+            metrics: None,
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::config::{Interception, ProxyConfig, UPSTREAMS_PER_CONNECTION};
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
 use crate::host::HostPort;
+use crate::metrics::Metrics;
 use crate::policy::{Policy, Target};
 use crate::respond::{refusal, ProxyBody, Refused, DECISION_HEADER};
 use crate::target::Malformed;
@@ -200,6 +201,7 @@ impl OpenTunnels {
 pub(crate) struct Tracked {
     id: u64,
     tunnels: Arc<OpenTunnels>,
+    metrics: Option<Arc<Metrics>>,
     /// Cancelled at shutdown, or when a new policy denies the tunnel.
     pub close: CancellationToken,
 }
@@ -211,6 +213,17 @@ impl Drop for Tracked {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
+        if let Some(metrics) = &self.metrics {
+            metrics.tunnel_closed();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.shared.config.metrics {
+            metrics.connection_closed();
+        }
     }
 }
 
@@ -232,6 +245,9 @@ impl Conn {
         permit: OwnedSemaphorePermit,
         slot: ClientSlot,
     ) -> Conn {
+        if let Some(metrics) = &shared.config.metrics {
+            metrics.connection_opened();
+        }
         Conn {
             shared,
             client,
@@ -265,6 +281,7 @@ impl Conn {
             self.shared.generation().policy.digest().clone(),
             kind,
         )
+        .counted(self.shared.config.metrics.as_ref())
     }
 
     pub fn generation(&self) -> Arc<Generation> {
@@ -322,7 +339,16 @@ impl Conn {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, opened);
-        Tracked { id, tunnels, close }
+        let metrics = self.shared.config.metrics.clone();
+        if let Some(metrics) = &metrics {
+            metrics.tunnel_opened();
+        }
+        Tracked {
+            id,
+            tunnels,
+            metrics,
+            close,
+        }
     }
 
     /// Runs a task that shutdown waits for (tunnels).

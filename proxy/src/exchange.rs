@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit::{AuditLog, Kind, Record, Transport};
 use crate::decision::{Decision, Outcome, Reason};
+use crate::metrics::Metrics;
 
 /// Byte counters shared between the two directions of an exchange, and
 /// what the bodies saw of its end.
@@ -64,6 +65,8 @@ pub struct Exchange {
     /// What the exchange holds until it ends (its client connection's
     /// upstream slot).
     held: Option<OwnedSemaphorePermit>,
+    /// Where its record is counted, besides the log.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Exchange {
@@ -104,7 +107,14 @@ impl Exchange {
             counters: Arc::new(Counters::default()),
             transport: None,
             held: None,
+            metrics: None,
         }
+    }
+
+    /// This exchange, its record also counted in `metrics`.
+    pub fn counted(mut self, metrics: Option<&Arc<Metrics>>) -> Exchange {
+        self.metrics = metrics.cloned();
+        self
     }
 
     /// Keeps `permit` until the exchange ends.
@@ -151,6 +161,9 @@ impl Drop for Exchange {
         record.bytes_down = self.counters.down.load(Ordering::Relaxed);
         record.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         record.outcome = self.transport.unwrap_or_else(|| self.counters.transport());
+        if let Some(metrics) = &self.metrics {
+            metrics.record(record);
+        }
         self.log.write(record);
     }
 }

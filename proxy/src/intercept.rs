@@ -75,13 +75,19 @@ pub(crate) async fn serve(
             return;
         }
     };
+    let started = std::time::Instant::now();
     let handshake = tokio::time::timeout(conn.first_byte_timeout(), hello.into_stream(config));
     // Closed at shutdown, or when a reloaded policy no longer allows it.
     let tracked = conn.track(Kind::Connect, &target, None, false);
     let stopping = tracked.close.clone();
     let tls = tokio::select! {
         finished = handshake => match finished {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(tls)) => {
+                if let Some(metrics) = &conn.config().metrics {
+                    metrics.handshake(started.elapsed());
+                }
+                tls
+            }
             Ok(Err(e)) => {
                 tracing::info!(id = exchange.id(), "TLS with the client for {target} failed: {e}");
                 return;

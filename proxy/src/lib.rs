@@ -17,6 +17,7 @@ mod hello;
 pub mod host;
 mod intercept;
 mod listen;
+pub mod metrics;
 pub mod policy;
 pub mod respond;
 mod retry;

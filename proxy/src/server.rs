@@ -29,6 +29,7 @@ use crate::decision::Reason;
 use crate::exchange::Exchange;
 use crate::forward::forward;
 use crate::listen::Listener;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::respond::ProxyBody;
 
@@ -61,6 +62,11 @@ impl Proxy {
 
     pub fn audit(&self) -> &AuditLog {
         &self.shared.audit
+    }
+
+    /// Where this proxy counts what it does, if anywhere (`--metrics`).
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.shared.config.metrics.as_ref()
     }
 
     /// Whether TLS interception is available (a CA is configured).
@@ -111,7 +117,8 @@ impl Proxy {
             shared.config.phase.clone(),
             shared.generation().policy.digest().clone(),
             Kind::Http,
-        );
+        )
+        .counted(shared.config.metrics.as_ref());
         exchange.refuse_inside(Reason::TooManyConnections);
         tracing::debug!("closed a connection past its client's cap");
     }

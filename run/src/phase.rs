@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tollgate_proxy::audit::AuditLog;
+use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::policy::Policy;
 use tollgate_sandbox::cgroup;
 use tollgate_sandbox::{Bind, NewFile, Output, Sandbox, Spec};
@@ -62,6 +63,8 @@ pub struct Shared {
     pub redact: Vec<Vec<u8>>,
     pub events: EventSink,
     pub cancel: CancellationToken,
+    /// Where each phase's proxy counts what it does (`--metrics`).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs one phase to its end. Also returns a warning for each limit the
@@ -96,6 +99,7 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
         audit: shared.audit.clone(),
         phase: plan.name,
         shutdown_grace: Duration::ZERO,
+        metrics: shared.metrics.clone(),
     };
     let limits = Limits {
         name: &format!("{}-{}", shared.run_id, plan.name),

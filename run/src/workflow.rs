@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
+use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::policy::Policy;
 use tollgate_sandbox::cgroup;
 use tollgate_sandbox::{Bind, NewFile};
@@ -55,6 +56,8 @@ pub struct RunRequest {
     /// Cancelling stops the running phase (SIGTERM, SIGKILL 10 s later);
     /// the run then ends as a failed or interrupted one.
     pub cancel: CancellationToken,
+    /// Where each phase's proxy counts what it does (`--metrics`).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs `request` to its end, reporting through `events`. Needs root.
@@ -71,11 +74,16 @@ pub fn run(request: RunRequest, events: EventSink) -> Result<RunResult, RunError
         trust,
         state,
         cancel,
+        metrics,
     } = request;
     let intercepting = trust.is_some();
     // Both policies load before anything starts.
+    let loading = Instant::now();
     let setup_policy = phase_policy(&environment.internet.setup, intercepting)?;
     let agent_policy = phase_policy(&environment.internet.agent, intercepting)?;
+    if let Some(metrics) = &metrics {
+        metrics.policy_loaded(loading.elapsed());
+    }
     let secrets = environment
         .resolve_secrets(|name| std::env::var(name).ok())
         .map_err(|source| RunError::Secret {
@@ -92,6 +100,9 @@ pub fn run(request: RunRequest, events: EventSink) -> Result<RunResult, RunError
     let audit = AuditLog::open(AuditTarget::File(out.join("audit.jsonl")))?
         .redacted(secret_redaction(&secrets))
         .observed(decisions_to(events.clone()));
+    if let Some(metrics) = &metrics {
+        metrics.watch_audit_log(&audit);
+    }
     let shared = Shared {
         base: environment.base.clone(),
         masks: hidden_from_phases(&state, trust.as_ref(), &environment),
@@ -113,6 +124,7 @@ pub fn run(request: RunRequest, events: EventSink) -> Result<RunResult, RunError
         redact: redactions(&secrets),
         events,
         cancel,
+        metrics,
     };
     let run = Run {
         workspace: Path::new("workspace").join(&name),

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
@@ -37,11 +37,21 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
         },
     };
     let building = Enclave::build(stage, spec, trust.as_ref(), limits)?;
+    let loading = Instant::now();
     let policy = proxy::load_enforceable(&args.policy, trust.is_some())?;
+    let loaded = loading.elapsed();
     let audit = args.audit_fail.apply(AuditLog::open(match &args.audit_log {
         Some(path) => AuditTarget::parse(path),
         None => AuditTarget::Discard,
     })?);
+    let metrics = match &args.metrics {
+        Some(addr) => Some(proxy::serve_metrics(addr)?),
+        None => None,
+    };
+    if let Some(metrics) = &metrics {
+        metrics.watch_audit_log(&audit);
+        metrics.policy_loaded(loaded);
+    }
     proxy::raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let ended = runtime.block_on(async {
@@ -53,6 +63,7 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
             audit,
             phase: "exec",
             shutdown_grace: SHUTDOWN_GRACE,
+            metrics,
         };
         let enclave = building.serve(network)?;
         for warning in enclave.warnings() {

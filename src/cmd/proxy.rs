@@ -2,13 +2,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
+use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::policy::Policy;
-use tollgate_proxy::{Listener, Proxy, ProxyConfig};
+use tollgate_proxy::{ListenAddr, Listener, Proxy, ProxyConfig};
 
 use tollgate_run::state::StateDir;
 use tollgate_run::trust::load_ca;
@@ -25,18 +26,47 @@ pub fn run(args: ProxyArgs, state: &StateDir) -> Result<ExitCode> {
         .unwrap_or_else(|| DEFAULT_POLICY.to_owned());
     let interception =
         load_ca(args.ca_dir.as_deref(), &args.upstream_ca, state)?.map(|ca| ca.interception);
+    let loading = Instant::now();
     let policy = load_enforceable(&policy_arg, interception.is_some())?;
+    let loaded = loading.elapsed();
     let audit = args
         .audit_fail
         .apply(AuditLog::open(AuditTarget::parse(&args.audit_log))?);
+    let metrics = match &args.metrics {
+        Some(addr) => Some(serve_metrics(addr)?),
+        None => None,
+    };
+    if let Some(metrics) = &metrics {
+        metrics.watch_audit_log(&audit);
+        metrics.policy_loaded(loaded);
+    }
     let config = ProxyConfig {
         interception,
+        metrics,
         ..config_from(&args)
     };
     raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(serve(args, policy_arg, policy, audit, config))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts serving Prometheus metrics on `addr`, on a thread of its own: a
+/// slow scraper never takes a worker of the proxy.
+pub fn serve_metrics(addr: &ListenAddr) -> Result<Arc<Metrics>> {
+    let metrics = Metrics::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the metrics runtime")?;
+    let listener = runtime.block_on(async { Listener::bind(addr) })?;
+    tracing::info!("metrics on {}/metrics", listener.describe());
+    let serving = metrics.clone();
+    std::thread::Builder::new()
+        .name("tollgate-metrics".into())
+        .spawn(move || runtime.block_on(tollgate_proxy::metrics::serve(listener, serving)))
+        .context("cannot start the metrics thread")?;
+    Ok(metrics)
 }
 
 pub fn load_enforceable(arg: &str, interception: bool) -> Result<Policy> {
@@ -109,10 +139,14 @@ async fn serve(
 /// Invariant 5: a policy that does not load never replaces the running one.
 fn reload(proxy: &Proxy, policy_arg: &str) {
     proxy.audit().reopen();
+    let loading = Instant::now();
     match load_enforceable(policy_arg, proxy.intercepts()) {
         Ok(policy) => {
             let summary = format!("{}: {}", policy.origin(), policy.summary());
             proxy.replace_policy(policy);
+            if let Some(metrics) = proxy.metrics() {
+                metrics.policy_loaded(loading.elapsed());
+            }
             tracing::info!("reloaded policy {summary}");
         }
         Err(e) => tracing::error!("policy not reloaded, still enforcing the previous one: {e:#}"),

@@ -25,6 +25,10 @@ pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
     let environment = Environment::load(&args.environment)?;
     let trust = load_ca(args.ca_dir.as_deref(), &args.upstream_ca, state)?;
     proxy::raise_open_file_limit();
+    let metrics = match &args.metrics {
+        Some(addr) => Some(proxy::serve_metrics(addr)?),
+        None => None,
+    };
     let request = RunRequest {
         environment,
         repo: args.repo,
@@ -34,6 +38,7 @@ pub fn run(args: RunArgs, state: &StateDir) -> Result<ExitCode> {
         trust,
         state: state.clone(),
         cancel: cancel_on_signals()?,
+        metrics,
     };
     let result = tollgate_run::run(request, Arc::new(print))?;
     print_summary(&result);

@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tollgate_certs::CertError;
 use tollgate_proxy::audit::AuditLog;
+use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::policy::Policy;
 use tollgate_proxy::{Interception, ListenError, Listener, Proxy, ProxyConfig};
 use tollgate_sandbox::cgroup::{self, CgroupError, PhaseCgroup};
@@ -52,6 +53,8 @@ pub struct Network<'a> {
     pub phase: &'a str,
     /// How long in-flight requests may finish when the enclave ends.
     pub shutdown_grace: Duration,
+    /// Where the proxy counts what it does (`--metrics`).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// How the host side watches the sandbox until its command exits.
@@ -164,6 +167,7 @@ impl Building {
             shutdown_grace: network.shutdown_grace,
             // The sandbox is the proxy's one client.
             max_client_connections: defaults.max_connections,
+            metrics: network.metrics,
             ..defaults
         };
         let proxy = Proxy::new(network.policy, network.audit, config);
