@@ -46,11 +46,13 @@ HOST=127.0.0.1
 UP_HTTP=18080
 UP_TLS=18443
 UP_TLS_CLOSE=18444                       # same over TLS, but no keep-alive
-declare -A PORT=([tollgate]=13128 [squid]=13129 [tinyproxy]=13130)
+# tollgate-metrics: the same proxy with --metrics on (issue 12: metrics and
+# the audit hash chain, which is always on, may cost at most 3%)
+declare -A PORT=([tollgate]=13128 [squid]=13129 [tinyproxy]=13130 [tollgate-metrics]=13134)
 # intercepting tollgate instances (TLS section): rate and handshakes, and one
 # fresh instance per memory run
 declare -A TLS_PORT=([mitm]=13131 [mem_keepalive]=13132 [mem_close]=13133)
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct tollgate squid tinyproxy}"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct tollgate tollgate-metrics squid tinyproxy}"
 
 for v in LARGE_MB REPEAT DURATION WARMUP WRK_THREADS WRK_CONNS \
          TLS_ON TLS_REQUESTS TLS_PARALLEL TLS_MINT_HOSTS TLS_HOSTS SBX_RUNS SBX_WARMUP; do
@@ -323,15 +325,23 @@ proxy_port_free() {
 
 # ------------------------------------------------------------ start_tollgate --
 start_tollgate() {
-    up tollgate || return 0
-    proxy_port_free tollgate || return 0
-    if [[ ! -x $TOLLGATE_BIN ]]; then mark_down tollgate "no binary at $TOLLGATE_BIN"; return; fi
-    log "tollgate: starting $TOLLGATE_BIN proxy"
-    spawn tollgate "$T/tollgate.log" "$TOLLGATE_BIN" proxy \
+    start_tollgate_as tollgate
+    start_tollgate_as tollgate-metrics --metrics "unix:$T/tollgate-metrics.sock"
+}
+
+# start_tollgate_as TARGET [EXTRA ARGS...]: one tollgate proxy on TARGET's port
+start_tollgate_as() {
+    local name=$1
+    shift
+    up "$name" || return 0
+    proxy_port_free "$name" || return 0
+    if [[ ! -x $TOLLGATE_BIN ]]; then mark_down "$name" "no binary at $TOLLGATE_BIN"; return; fi
+    log "$name: starting $TOLLGATE_BIN proxy $*"
+    spawn "$name" "$T/$name.log" "$TOLLGATE_BIN" proxy \
         --policy "$BENCH_DIR/tollgate-policy.yaml" \
-        --listen "$HOST:${PORT[tollgate]}" \
-        --audit-log "$T/tollgate-audit.jsonl"
-    proxy_started tollgate "$T/tollgate.log"
+        --listen "$HOST:${PORT[$name]}" \
+        --audit-log "$T/$name-audit.jsonl" "$@"
+    proxy_started "$name" "$T/$name.log"
 }
 
 # --------------------------------------------------------------- start_squid --
@@ -1062,7 +1072,7 @@ report() {
 # report_proxy: the proxy tables and the TLS block; sets r1..r4 and c1..c4
 # of report() (the target ratios and their checks) for its footer.
 report_proxy() {
-    local tw=34 cw=11
+    local tw=34 cw=17
     echo "upstream nginx 127.0.0.1 (/large ${LARGE_MB} MiB, /small ${SMALL_BYTES} B); curl best of $REPEAT; wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s"
     echo "HTTPS GETs: one curl, $TLS_REQUESTS x /small, --http1.1 --parallel-max $TLS_PARALLEL; CPU busy before measuring: ${BUSY_PCT:-?}%"
     echo
@@ -1097,6 +1107,12 @@ report_proxy() {
         tg_sq=$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/squid]:-}")
         tg_tp=$(ratio "${RES[$m/tollgate]:-}" "${RES[$m/tinyproxy]:-}")
         printf "%-${tw}s%${cw}s%${cw}s\n" "${MLABEL[$m]}" "$(xfmt "$tg_sq")" "$(xfmt "$tg_tp")"
+    done
+    echo
+    printf "%-${tw}s%${cw}s\n" "tollgate --metrics (issue 12)" "/tollgate"
+    for m in plain_http_mbps connect_mbps small_rps; do
+        v=$(ratio "${RES[$m/tollgate-metrics]:-}" "${RES[$m/tollgate]:-}")
+        printf "%-${tw}s%${cw}s\n" "${MLABEL[$m]}" "$(xfmt "$v")"
     done
     r1=$(ratio "${RES[connect_mbps/tollgate]:-}" "${RES[connect_mbps/direct]:-}")
     r2=$(ratio "${RES[plain_http_mbps/tollgate]:-}" "${RES[plain_http_mbps/squid]:-}")
