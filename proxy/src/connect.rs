@@ -251,7 +251,7 @@ async fn watch_retry<C: AsyncRead + AsyncWrite + Unpin>(
 /// Invariant 4 on the opening: returns how many bytes the ClientHello
 /// took, or `None` when the client sent nothing: that tunnel is closed,
 /// never relayed unchecked.
-fn check_opening(opening: &Opening, target: &HostPort) -> Result<Option<usize>, Reason> {
+pub(crate) fn check_opening(opening: &Opening, target: &HostPort) -> Result<Option<usize>, Reason> {
     match opening {
         Opening::Tls { hello, len } => check_hello(hello, target).map(|()| Some(*len)),
         // Plain HTTP in a tunnel would carry any Host header past the check

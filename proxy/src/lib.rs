@@ -12,6 +12,8 @@ mod context;
 pub mod decision;
 mod exchange;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod guard;
 mod hello;
 pub mod host;
