@@ -682,3 +682,73 @@ fn an_http2_client_connection_holds_a_bounded_number_of_upstream_connections() {
         .load(std::sync::atomic::Ordering::SeqCst);
     assert!((2..=8).contains(&most), "{most} upstream requests at once");
 }
+
+/// A client that completes the intercepted handshake owes its first
+/// request within the header timeout, as on the plain listener; the
+/// tunnel's record says it timed out.
+#[test]
+fn an_intercepted_tunnel_without_a_request_is_closed_at_the_header_timeout() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = Proxy::start(
+        &policy_for(upstream.port()),
+        &[
+            "--ca-dir",
+            ca.dir().to_str().unwrap(),
+            "--upstream-ca",
+            upstream.ca_pem.to_str().unwrap(),
+            "--header-timeout",
+            "1",
+        ],
+    );
+    let closed_after = block_on(async {
+        use tokio::io::AsyncReadExt;
+        let stream = connect_tunnel(&proxy, "allowed.test", upstream.port()).await;
+        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+        let mut tls = tls_connector(&ca.cert())
+            .connect(name, stream)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "a tunnel with no request still open after 5 s"
+        );
+        started.elapsed()
+    });
+    assert!(closed_after < Duration::from_secs(3), "{closed_after:?}");
+    let record = proxy
+        .audit_where(|r| r["kind"] == "connect")
+        .expect("the tunnel's record");
+    assert_eq!(record["outcome"], "timeout", "{record}");
+}
+
+/// The plain listener's 64 KiB header bound holds inside an intercepted
+/// tunnel too.
+#[test]
+fn oversized_headers_inside_an_intercepted_tunnel_are_refused() {
+    let ca = Ca::init();
+    let upstream = TlsUpstream::start(&["allowed.test"]);
+    let proxy = intercepting_proxy(&ca, &upstream);
+    let port = upstream.port();
+    let reply = block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = connect_tunnel(&proxy, "allowed.test", port).await;
+        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+        let mut tls = tls_connector(&ca.cert())
+            .connect(name, stream)
+            .await
+            .unwrap();
+        let big = "a".repeat(100 * 1024);
+        let request =
+            format!("GET /public/ HTTP/1.1\r\nHost: allowed.test:{port}\r\nX-Big: {big}\r\n\r\n");
+        let _ = tls.write_all(request.as_bytes()).await;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
+        String::from_utf8_lossy(&reply).into_owned()
+    });
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(upstream.hits(), 0);
+}

@@ -1083,6 +1083,7 @@ fn a_reload_closes_the_open_tunnels_the_new_policy_denies() {
         .expect("a record of the closed tunnel");
     assert_eq!(closed["host"], "allowed.test", "{closed}");
     assert_eq!(closed["reason"], "not-allowlisted", "{closed}");
+    assert_eq!(closed["outcome"], "refused", "{closed}");
 }
 
 #[test]
@@ -1394,4 +1395,85 @@ fn metrics_count_decisions_bytes_and_reloads() {
     });
     assert!(reloaded.is_some(), "{}", proxy.stderr());
     assert_eq!(scrape(&socket, "/other").status, 404);
+}
+
+/// An IPv4 client of a dual-stack listener is the same client as on an
+/// IPv4 listener: it is named 127.0.0.1 (not ::ffff:127.0.0.1) and held to
+/// one cap.
+#[test]
+fn a_dual_stack_listener_names_ipv4_clients_as_ipv4() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(
+        &loopback_policy(&[upstream.port()], ""),
+        &["--listen", "[::]:0", "--max-client-connections", "2"],
+    );
+    let port = proxy.addr.port();
+    let v4 = format!("127.0.0.1:{port}");
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&v4).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&v4).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)));
+    let record = proxy
+        .audit_where(|r| r["reason"] == "too-many-connections")
+        .expect("a too-many-connections record");
+    let client = record["client"].as_str().unwrap();
+    assert!(client.starts_with("127.0.0.1:"), "{client}");
+    drop(held);
+}
+
+/// Connections to the metrics endpoint cannot take the descriptors the
+/// proxy's connections need: past a few, they are closed as accepted.
+#[test]
+fn a_flood_of_metrics_connections_does_not_stop_the_proxy() {
+    let upstream = Upstream::start();
+    let scratch = Scratch::new("metrics-flood");
+    let policy = scratch.write("policy.yaml", &loopback_policy(&[upstream.port()], ""));
+    let socket = scratch.path("metrics.sock");
+    let audit = scratch.path("audit.jsonl");
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .args(["--nofile=200:200", BIN, "proxy", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&audit)
+        .args(["--listen", "127.0.0.1:0", "--metrics"])
+        .arg(format!("unix:{}", socket.display()));
+    let proxy = Proxy::spawn(&mut command, scratch, audit);
+    poll(Duration::from_secs(5), || socket.exists().then_some(())).expect("a metrics socket");
+    let flood: Vec<_> = (0..300)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = curl_via(&proxy, &["-m", "5", &allowed_url(&upstream, "/")]);
+    assert_eq!(r.status, 200, "{r:?} {}", proxy.stderr());
+    assert!(
+        !proxy.stderr().contains("Too many open files"),
+        "{}",
+        proxy.stderr()
+    );
+    drop(flood);
+}
+
+/// A request whose client gave up while it waited for a connection slot
+/// was never answered: client-aborted, not ok.
+#[test]
+fn a_request_abandoned_in_the_backlog_is_recorded_client_aborted() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(
+        &loopback_policy(&[upstream.port()], ""),
+        &["--max-connections", "1"],
+    );
+    let holder = TcpStream::connect(proxy.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = curl_via(&proxy, &["-m", "1", &allowed_url(&upstream, "/abandoned")]);
+    assert_ne!(r.status, 200);
+    drop(holder);
+    let record = proxy
+        .audit_where(|r| r["path"] == "/abandoned")
+        .expect("a record of the abandoned request");
+    assert_eq!(record["outcome"], "client-aborted", "{record}");
 }

@@ -85,6 +85,9 @@ impl ProxyConfig {
                 "the open-file limit ({open_files}) fits {fits} connections at {FDS_PER_CONNECTION} descriptors each, not {}; serving {fits} (raise the limit, e.g. `ulimit -n`, for more)",
                 self.max_connections
             ));
+            // One client keeps the share of the connections it had.
+            let share = self.max_client_connections.saturating_mul(fits) / self.max_connections;
+            self.max_client_connections = share.max(1);
             self.max_connections = fits;
         }
         self.max_client_connections = self.max_client_connections.min(self.max_connections);
@@ -130,7 +133,8 @@ mod tests {
         // 1,024 descriptors, 64 kept back, 10 a connection: 96.
         let (config, warning) = ProxyConfig::default().within_open_files(1024);
         assert_eq!(config.max_connections, 96);
-        assert_eq!(config.max_client_connections, 96);
+        // A client keeps its quarter.
+        assert_eq!(config.max_client_connections, 24);
         assert!(warning.unwrap().contains("fits 96 connections"));
         // Worst case, every connection's descriptors and the reserve fit.
         let worst = config.max_connections as u64 * FDS_PER_CONNECTION + RESERVED_FDS;

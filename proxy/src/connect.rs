@@ -154,6 +154,7 @@ async fn run_tunnel(
             relay(client, upstream, counters, idle, stop).await
         }
     };
+    exchange.ended(end.transport());
     if end != RelayEnd::Closed {
         tracing::debug!(id = exchange.id(), "tunnel to {target} ended: {end}");
     }

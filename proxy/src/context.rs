@@ -23,6 +23,7 @@ use crate::clients::{ClientCounts, ClientSlot};
 use crate::config::{Interception, ProxyConfig, UPSTREAMS_PER_CONNECTION};
 use crate::decision::{Decision, Reason};
 use crate::exchange::Exchange;
+use crate::forward::note_what_was_parsed;
 use crate::host::HostPort;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Target};
@@ -188,6 +189,7 @@ impl OpenTunnels {
             record.port = Some(opened.target.port);
             record.path = opened.request.as_ref().map(|(_, path)| path.clone());
             exchange.decide(&decision);
+            exchange.ended(Transport::Refused);
             tracing::info!(
                 id = exchange.id(),
                 "the new policy does not allow {} any more: closed",
@@ -462,6 +464,7 @@ impl Conn {
     pub fn refuse_unrecordable<B>(&self, kind: Kind, request: &Request<B>) -> Response<ProxyBody> {
         let mut exchange = self.begin(kind);
         exchange.record().method = Some(request.method().to_string());
+        note_what_was_parsed(&mut exchange, request, None);
         let described = format!("{} {}", request.method(), request.uri());
         let decision = Decision::refuse(Reason::AuditUnavailable);
         self.refuse(exchange, &decision, &described)

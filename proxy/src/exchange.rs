@@ -40,12 +40,17 @@ impl Counters {
     }
 
     /// The outcome the bodies saw: a relayed response that did not reach
-    /// its end was abandoned by the client.
-    fn transport(&self) -> Transport {
+    /// its end was abandoned by the client, and so was an exchange that
+    /// ended before anything `answered` it (a client that gave up while
+    /// its request waited).
+    fn transport(&self, answered: bool) -> Transport {
         let seen = |flag: &AtomicBool| flag.load(Ordering::Relaxed);
         if seen(&self.upstream_failed) {
             Transport::UpstreamFailed
-        } else if seen(&self.client_failed) || (seen(&self.relaying) && !seen(&self.delivered)) {
+        } else if seen(&self.client_failed)
+            || (seen(&self.relaying) && !seen(&self.delivered))
+            || !answered
+        {
             Transport::ClientAborted
         } else {
             Transport::Ok
@@ -160,7 +165,10 @@ impl Drop for Exchange {
         record.bytes_up = self.counters.up.load(Ordering::Relaxed);
         record.bytes_down = self.counters.down.load(Ordering::Relaxed);
         record.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        record.outcome = self.transport.unwrap_or_else(|| self.counters.transport());
+        let answered = record.status.is_some();
+        record.outcome = self
+            .transport
+            .unwrap_or_else(|| self.counters.transport(answered));
         if let Some(metrics) = &self.metrics {
             metrics.record(record);
         }

@@ -6,7 +6,9 @@
 //! The tunnel is decided on its host and port first (connect.rs); only
 //! tunnels whose decision depends on what is inside get here.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::Scheme;
 use http::{Method, Request, Response};
@@ -18,7 +20,7 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
 use tollgate_certs::{CertificateAuthority, LeafName};
 
-use crate::audit::Kind;
+use crate::audit::{Kind, Transport};
 use crate::context::Conn;
 use crate::decision::Reason;
 use crate::exchange::{Direction, Exchange};
@@ -99,46 +101,77 @@ pub(crate) async fn serve(
     exchange.record().scheme = Some("https");
     let idle = conn.tunnel_idle_timeout();
     tokio::select! {
-        () = serve_requests(conn, TokioIo::new(tls), target) => {}
-        () = clock.idle_for(idle) => tracing::debug!(id = exchange.id(), "intercepted tunnel idle"),
+        served = serve_requests(conn, TokioIo::new(tls), target) => exchange.ended(served),
+        () = clock.idle_for(idle) => {
+            exchange.ended(Transport::Timeout);
+            tracing::debug!(id = exchange.id(), "intercepted tunnel idle");
+        }
         () = stopping.cancelled() => {}
     }
 }
 
-/// HTTP/1.1 or HTTP/2 (by ALPN) over the client's TLS.
-async fn serve_requests<I>(conn: Arc<Conn>, io: I, target: HostPort)
+/// HTTP/1.1 or HTTP/2 (by ALPN) over the client's TLS; how the tunnel
+/// ended.
+async fn serve_requests<I>(conn: Arc<Conn>, io: I, target: HostPort) -> Transport
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let stop = conn.stopping();
     let header_timeout = conn.first_byte_timeout();
+    let header_bytes = conn.config().max_header_bytes;
     let (recorder, tunnel) = (conn.clone(), target.clone());
+    let asked = Arc::new(AtomicBool::new(false));
+    let first = asked.clone();
     let service = service_fn(move |request| {
+        first.store(true, Ordering::Relaxed);
         let (conn, target) = (conn.clone(), target.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(&conn, request, target).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The plain listener's header bound: hyper answers 431 past it.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_buf_size(header_bytes.max(MIN_HYPER_BUFFER));
     // hyper's default of 200 streams would let one client connection open
     // 200 upstream connections; 32 is plenty for a package manager.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS);
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
     let serving = builder.serve_connection_with_upgrades(io, service);
     tokio::select! {
-        result = serving => {
-            if let Err(e) = result {
+        // A client that finished the handshake owes its first request
+        // within the header timeout, as on the plain listener (hyper
+        // starts that clock only once it knows the protocol).
+        () = no_request_within(header_timeout, &asked) => {
+            tracing::debug!("intercepted tunnel sent no request in time");
+            Transport::Timeout
+        }
+        result = serving => match result {
+            Ok(()) => Transport::Ok,
+            Err(e) => {
                 match e.downcast_ref::<hyper::Error>() {
                     Some(error) => recorder.record_unparsed(error, Kind::Mitm, Some(&tunnel)),
                     None => tracing::debug!("intercepted connection ended: {e}"),
                 }
+                Transport::Ok
             }
-        }
-        () = stop.cancelled() => {}
+        },
+        () = stop.cancelled() => Transport::Ok,
+    }
+}
+
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HYPER_BUFFER: usize = 8192;
+
+/// Ends after `wait` unless a request has come by then; else never.
+async fn no_request_within(wait: Duration, asked: &AtomicBool) {
+    tokio::time::sleep(wait).await;
+    if asked.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -19,6 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -230,6 +231,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::io::Result<S>>,
 {
+    let scrapers = Arc::new(Semaphore::new(MAX_SCRAPERS));
     loop {
         let stream = match accept().await {
             Ok(stream) => stream,
@@ -240,8 +242,15 @@ where
                 continue;
             }
         };
+        // Past the few scrapers it serves at once, a connection is closed
+        // as accepted: held, they would take the proxy's descriptors.
+        let Ok(scraper) = scrapers.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _scraper = scraper;
             let service = service_fn(move |request: Request<Incoming>| {
                 let answer = scrape(&request, &metrics);
                 async move { Ok::<_, Infallible>(answer) }
@@ -256,6 +265,11 @@ where
         });
     }
 }
+
+/// Scraper connections served at once (Prometheus makes one per target;
+/// a few more for people with curl). They come out of the descriptors
+/// the proxy keeps for itself, not out of its connections'.
+pub const MAX_SCRAPERS: usize = 8;
 
 /// How long a scraper has to send its request.
 const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +85,9 @@ impl Proxy {
                     // writes ServerHello and the encrypted handshake apart) waits
                     // for the client's delayed ACK: 40 ms per intercepted handshake.
                     stream.set_nodelay(true)?;
+                    // One client, one name: an IPv4 client of a dual-stack
+                    // listener comes as ::ffff:a.b.c.d.
+                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     Ok((stream, Arc::<str>::from(peer.to_string())))
                 })
                 .await

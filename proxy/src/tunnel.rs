@@ -5,6 +5,7 @@
 //! payload never enters userspace; other streams (unix-socket clients) are
 //! copied through buffers.
 
+use crate::audit::Transport;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -38,6 +39,17 @@ pub enum RelayEnd {
     Failed(String),
     Idle,
     Stopped,
+}
+
+impl RelayEnd {
+    /// The record's `outcome` for a tunnel that ended so.
+    pub fn transport(&self) -> Transport {
+        match self {
+            RelayEnd::Closed | RelayEnd::Stopped => Transport::Ok,
+            RelayEnd::Failed(_) => Transport::UpstreamFailed,
+            RelayEnd::Idle => Transport::Timeout,
+        }
+    }
 }
 
 impl std::fmt::Display for RelayEnd {
