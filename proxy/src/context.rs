@@ -262,6 +262,11 @@ impl Conn {
     /// A place for one more upstream request of this connection, waiting
     /// at most `wait` for one of its own to finish; None past that.
     pub async fn upstream_slot(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        // Free almost always (an HTTP/1 connection has one request at a
+        // time): no timer for that.
+        if let Ok(slot) = self.upstreams.clone().try_acquire_owned() {
+            return Some(slot);
+        }
         let slot = self.upstreams.clone().acquire_owned();
         tokio::time::timeout(wait, slot).await.ok()?.ok()
     }
