@@ -441,34 +441,8 @@ fn a_raw_client_cannot_skip_tls_inside_an_intercepted_tunnel() {
 fn idle_intercepted_connections_are_closed() {
     let ca = Ca::init();
     let upstream = TlsUpstream::start(&["allowed.test"]);
-    let proxy = Proxy::start(
-        &policy_for(upstream.port()),
-        &[
-            "--ca-dir",
-            ca.dir().to_str().unwrap(),
-            "--upstream-ca",
-            upstream.ca_pem.to_str().unwrap(),
-            "--tunnel-idle-timeout",
-            "1",
-        ],
-    );
-    let closed_after = block_on(async {
-        use tokio::io::AsyncReadExt;
-        let stream = connect_tunnel(&proxy, "allowed.test", upstream.port()).await;
-        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
-        let mut tls = tls_connector(&ca.cert())
-            .connect(name, stream)
-            .await
-            .unwrap();
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
-        assert!(
-            read.is_ok(),
-            "idle intercepted connection still open after 5 s"
-        );
-        started.elapsed()
-    });
+    let proxy = intercepting_proxy_with(&ca, &upstream, &["--tunnel-idle-timeout", "1"]);
+    let closed_after = closed_after_handshake(&proxy, &ca, upstream.port());
     assert!(
         closed_after >= Duration::from_millis(900),
         "closed too early: {closed_after:?}"
@@ -605,15 +579,40 @@ allow_internal: [127.0.0.1/32]
 
 /// A proxy that intercepts with `ca` and trusts `upstream`'s certificate.
 fn intercepting_proxy(ca: &Ca, upstream: &TlsUpstream) -> Proxy {
-    Proxy::start(
-        &policy_for(upstream.port()),
-        &[
-            "--ca-dir",
-            ca.dir().to_str().unwrap(),
-            "--upstream-ca",
-            upstream.ca_pem.to_str().unwrap(),
-        ],
-    )
+    intercepting_proxy_with(ca, upstream, &[])
+}
+
+/// [`intercepting_proxy`] with `extra` flags.
+fn intercepting_proxy_with(ca: &Ca, upstream: &TlsUpstream, extra: &[&str]) -> Proxy {
+    let ca_dir = ca.dir();
+    let mut args = vec![
+        "--ca-dir",
+        ca_dir.to_str().unwrap(),
+        "--upstream-ca",
+        upstream.ca_pem.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start(&policy_for(upstream.port()), &args)
+}
+
+/// Opens an intercepted tunnel to allowed.test:`port`, completes the TLS
+/// handshake and sends nothing: how long until the proxy closes it
+/// (failing if it is still open after 5 s).
+fn closed_after_handshake(proxy: &Proxy, ca: &Ca, port: u16) -> Duration {
+    block_on(async {
+        use tokio::io::AsyncReadExt;
+        let stream = connect_tunnel(proxy, "allowed.test", port).await;
+        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+        let mut tls = tls_connector(&ca.cert())
+            .connect(name, stream)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+        assert!(read.is_ok(), "the tunnel was still open after 5 s");
+        started.elapsed()
+    })
 }
 
 /// curl over HTTPS through `proxy` (`version`: `--http1.1` or `--http2`),
@@ -690,34 +689,8 @@ fn an_http2_client_connection_holds_a_bounded_number_of_upstream_connections() {
 fn an_intercepted_tunnel_without_a_request_is_closed_at_the_header_timeout() {
     let ca = Ca::init();
     let upstream = TlsUpstream::start(&["allowed.test"]);
-    let proxy = Proxy::start(
-        &policy_for(upstream.port()),
-        &[
-            "--ca-dir",
-            ca.dir().to_str().unwrap(),
-            "--upstream-ca",
-            upstream.ca_pem.to_str().unwrap(),
-            "--header-timeout",
-            "1",
-        ],
-    );
-    let closed_after = block_on(async {
-        use tokio::io::AsyncReadExt;
-        let stream = connect_tunnel(&proxy, "allowed.test", upstream.port()).await;
-        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
-        let mut tls = tls_connector(&ca.cert())
-            .connect(name, stream)
-            .await
-            .unwrap();
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
-        assert!(
-            read.is_ok(),
-            "a tunnel with no request still open after 5 s"
-        );
-        started.elapsed()
-    });
+    let proxy = intercepting_proxy_with(&ca, &upstream, &["--header-timeout", "1"]);
+    let closed_after = closed_after_handshake(&proxy, &ca, upstream.port());
     assert!(closed_after < Duration::from_secs(3), "{closed_after:?}");
     let record = proxy
         .audit_where(|r| r["kind"] == "connect")

@@ -339,11 +339,15 @@ fn request_bodies_are_forwarded_and_counted() {
     assert_eq!(proxy.audit_nth(1)["bytes_up"], 100_000);
 }
 
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    closed.local_addr().unwrap().port()
+}
+
 #[test]
 fn unreachable_upstream_is_502_upstream_failed() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = closed_port();
     let proxy = Proxy::start(&loopback_policy(&[port], ""), &[]);
     let r = curl_via(&proxy, &[&format!("http://allowed.test:{port}/")]);
     assert_eq!(r.status, 502);
@@ -370,9 +374,7 @@ fn unreachable_upstream_is_502_upstream_failed() {
 /// A transport failure does not turn an audit-mode would_deny into a deny.
 #[test]
 fn audit_mode_keeps_would_deny_when_the_upstream_fails() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = closed_port();
     let policy = "version: 1\nmode: limited\nenforce: false\nallow: [nothing.test]\nhosts: {allowed.test: 127.0.0.1}\nallow_internal: [127.0.0.1/32]\n";
     let proxy = Proxy::start(policy, &[]);
     let r = curl_via(&proxy, &[&format!("http://allowed.test:{port}/")]);
@@ -1386,7 +1388,12 @@ fn metrics_count_decisions_bytes_and_reloads() {
     assert!(value(r#"tollgate_bytes_total{direction="down",phase=""}"#) > 0.0);
     assert_eq!(value("tollgate_audit_write_errors_total"), 0.0);
     assert_eq!(value("tollgate_policy_generation"), 1.0);
-    assert!(value("tollgate_open_connections") >= 0.0);
+    // Both curls have gone: their connections are closed again.
+    let closed = poll(Duration::from_secs(5), || {
+        let text = scrape(&socket, "/metrics").body;
+        (sample(&text, "tollgate_open_connections") == Some(0.0)).then_some(())
+    });
+    assert!(closed.is_some(), "{}", scrape(&socket, "/metrics").body);
     assert!(value("tollgate_exchange_seconds_count") >= 2.0);
     proxy.signal("HUP");
     let reloaded = poll(Duration::from_secs(5), || {
