@@ -24,6 +24,9 @@ use crate::cli::{AuditCommand, CaCommand, CacheCommand, Cli, Command, PolicyComm
 /// Exit status for a usage or configuration error (DESIGN.md, `policy eval`).
 const EXIT_CONFIG: u8 = 2;
 
+/// Exit status when the sandbox could not be built (README, `exec`).
+const EXIT_SANDBOX_SETUP: u8 = 125;
+
 fn main() -> ExitCode {
     // Hidden entry points: the sandbox's stage, the rootless diff's helper.
     if let Some(code) = tollgate_sandbox::enter_if_requested() {
@@ -53,8 +56,25 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             say!("tollgate: {}", one_line(&error));
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(exit_status_of(&error))
         }
+    }
+}
+
+fn exit_status_of(error: &anyhow::Error) -> u8 {
+    use tollgate_run::enclave::EnclaveError;
+    use tollgate_sandbox::SandboxError;
+    let sandbox_failed = error.chain().any(|cause| {
+        let sandbox = match cause.downcast_ref::<EnclaveError>() {
+            Some(EnclaveError::Sandbox(inner)) => Some(inner),
+            _ => cause.downcast_ref::<SandboxError>(),
+        };
+        sandbox.is_some_and(SandboxError::is_setup_failure)
+    });
+    if sandbox_failed {
+        EXIT_SANDBOX_SETUP
+    } else {
+        EXIT_CONFIG
     }
 }
 

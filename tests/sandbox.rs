@@ -921,6 +921,27 @@ fn exit_status_passes_through() {
     );
 }
 
+/// README: 125 when the sandbox could not be set up, 127 when the command
+/// is not found; the reason is said once, and the command never runs.
+#[test]
+fn a_sandbox_that_cannot_be_built_exits_125_and_says_why() {
+    require_root!();
+    let dir = Scratch::new("setup-fails");
+    let marker = dir.path("ran");
+    let out = sh(
+        &[
+            "--bind",
+            &format!("{}:/etc/hostname/inside", dir.0.display()),
+        ],
+        &format!("touch {}", marker.display()),
+    );
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    assert!(out.stderr.contains("Not a directory"), "{out:#?}");
+    assert!(!marker.exists(), "the command ran: {out:#?}");
+    let out = exec(&mut exec_command(&[], &["/nonexistent/tollgate-test"]));
+    assert_eq!(out.code, Some(127), "{out:#?}");
+}
+
 /// Regression: PID 1 blocks signals for its signalfd; the command must not
 /// inherit that mask (a shell's `wait` hung, SIGTERM never arrived).
 #[test]

@@ -2,10 +2,12 @@
 //! host side's private run directory (a path both can reach whatever
 //! network namespace they are in; SOCK_SEQPACKET keeps messages apart).
 //! The host side sends the sandbox's spec (a sealed memfd) and, once its
-//! proxy serves, the go for the command; the stage sends
-//! the proxy's listener it bound inside the sandbox's network namespace,
-//! may ask for subordinate id maps (rootless), says which process is
-//! PID 1, and how it exited.
+//! proxy serves, the go for the command; the stage sends the proxy's
+//! listener it bound inside the sandbox's network namespace, may ask for
+//! subordinate id maps (rootless), and says how PID 1 exited. PID 1, which
+//! inherits the stage's end, says itself when it has left the host's
+//! filesystem and takes the go: a relay through the stage cost a wake-up
+//! each way (0.4 ms of every start).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -37,10 +39,10 @@ pub(crate) enum Message {
     MapMe(u32),
     /// host -> stage: the maps are written (or not: `false`).
     Mapped(bool),
-    /// stage -> host: PID 1 is this process (in the host's PID namespace),
-    /// and it has left the host's filesystem (or failed to).
+    /// PID 1 -> host: PID 1 is this process (in the host's PID namespace),
+    /// and it has left the host's filesystem.
     Started(u32),
-    /// host -> stage: the proxy serves and the policy is loaded: the
+    /// host -> PID 1: the proxy serves and the policy is loaded: the
     /// command may run.
     Go,
     /// stage -> host: PID 1 exited with this status (in the shell's

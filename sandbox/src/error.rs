@@ -56,6 +56,13 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
+    /// The sandbox's stage or PID 1 failed to build it (and said why):
+    /// `exec` exits 125 then, as `env` and `chroot` report a failure of
+    /// their own apart from the command's statuses.
+    pub fn is_setup_failure(&self) -> bool {
+        matches!(self, SandboxError::StageFailed(_) | SandboxError::Stage(_))
+    }
+
     pub(crate) fn setup(step: impl Into<String>) -> impl FnOnce(nix::Error) -> SandboxError {
         let step = step.into();
         move |source| SandboxError::Setup { step, source }

@@ -9,13 +9,14 @@
 //! the proxy's listener in it), joined the cgroups and made the mount, PID,
 //! IPC, UTS and cgroup namespaces we are PID 1 of.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::unistd::Pid;
 
 use crate::command::{self, Pending};
+use crate::control::{Control, Message};
 use crate::dev::{self, Tmpfs};
 use crate::ids::IdMapping;
 use crate::reaper::{supervise, Signals};
@@ -27,11 +28,12 @@ use crate::{capabilities, mounts, proc, split_root, sys, SandboxError};
 
 /// Runs PID 1 to its end; its exit status is the command's (or
 /// [`SETUP_FAILED`] when the sandbox could not be built).
-/// `pivoted` gets a byte once the root filesystem is in place and the
-/// host's is out of reach (the stage waits for it); a byte on `go` lets the
-/// command run (the host side's proxy serves by then).
-pub(crate) fn run(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> i32 {
-    match build_and_supervise(handoff, pivoted, go) {
+/// On `control` (the stage's connection to the host side) it reports
+/// [`Message::Started`] once the root filesystem is in place and the
+/// host's is out of reach, and takes [`Message::Go`] before the command
+/// runs (the host side's proxy serves by then).
+pub(crate) fn run(handoff: Handoff, control: &Control) -> i32 {
+    match build_and_supervise(handoff, control) {
         Ok(code) => code,
         Err(Ended::Setup(error)) => {
             let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {error}");
@@ -55,7 +57,7 @@ impl From<SandboxError> for Ended {
     }
 }
 
-fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> Result<i32, Ended> {
+fn build_and_supervise(handoff: Handoff, control: &Control) -> Result<i32, Ended> {
     let Handoff {
         spec,
         scratch,
@@ -70,7 +72,10 @@ fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> Resul
         "mark inherited descriptors close-on-exec",
     ))?;
     // 1. If the stage dies, so do we, and with PID 1 the whole namespace.
+    //    Our pid as the host side knows it, read while the host's /proc is
+    //    still the one in view.
     die_with_parent()?;
+    let host_pid = pid_on_host()?;
     // 2. Mount propagation private, so no mount below leaks to the host.
     rootfs::make_mounts_private()?;
     // 3. A scratch tmpfs of this mount namespace for everything that
@@ -145,7 +150,7 @@ fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> Resul
     //    the files laid over the root (resolv.conf, the CA bundle, ...).
     let staged = mounter.stage_files(&spec.files)?;
     rootfs::pivot_into(&layers.root)?;
-    let _ = std::fs::File::from(pivoted).write_all(b"p");
+    control.send(&Message::Started(host_pid))?;
     mounter.as_sandbox_root(|| rootfs::write_files(&spec.files, &staged))??;
     // 9. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
@@ -160,7 +165,7 @@ fn build_and_supervise(handoff: Handoff, pivoted: OwnedFd, go: OwnedFd) -> Resul
     // 11. The host side's go: its proxy serves and its policy is loaded
     //     (it loaded them while we built). Without it nothing of the
     //     command runs.
-    wait_for_go(go)?;
+    wait_for_go(control)?;
     // 12. The command: it becomes root of its user namespace, takes its
     //     terminal, drops every capability, sets no_new_privs, installs the
     //     seccomp allowlist and execs (command.rs).
@@ -190,10 +195,9 @@ fn map_ids(ids: &IdMapping, proc: &Path) -> Result<Option<Idmap>, SandboxError> 
 }
 
 /// Waits for the go; `Err` when the host side gave up instead.
-fn wait_for_go(go: OwnedFd) -> Result<(), Ended> {
-    let mut byte = [0u8; 1];
-    match std::fs::File::from(go).read(&mut byte) {
-        Ok(1) => Ok(()),
+fn wait_for_go(control: &Control) -> Result<(), Ended> {
+    match control.recv(None) {
+        Ok(Some(Message::Go)) => Ok(()),
         _ => Err(Ended::NotRun(
             i32::from(SETUP_FAILED),
             "the sandbox was abandoned before its command ran".into(),
@@ -209,6 +213,16 @@ fn start(pending: Pending) -> Result<Pid, Ended> {
 fn drop_privileges(ids: &IdMapping, filters: &Filters) -> Result<(), SandboxError> {
     capabilities::become_sandbox_root_on_host(ids)?;
     filters.install_for_pid1().map_err(SandboxError::from)
+}
+
+/// Our pid in the PID namespace of the host's /proc (which names us
+/// `self` there), before our own /proc is mounted over it.
+fn pid_on_host() -> Result<u32, SandboxError> {
+    let link = std::fs::read_link("/proc/self").map_err(SandboxError::io("read /proc/self"))?;
+    link.to_str()
+        .and_then(|pid| pid.parse().ok())
+        .ok_or(nix::errno::Errno::EINVAL)
+        .map_err(SandboxError::setup("read our pid from /proc/self"))
 }
 
 /// SIGKILL when the stage goes, and the PID namespace with us.

@@ -5,7 +5,8 @@
 //! still prepares the spec, then receives the spec, binds the proxy's
 //! listener inside the network namespace and hands it to the host side,
 //! creates the other namespaces, forks PID 1 of the new PID namespace
-//! ([`crate::init`]) and waits for it.
+//! ([`crate::init`]), which talks to the host side on the stage's control
+//! connection from then on, and waits for it.
 //!
 //! - As root, the namespaces belong to the host's user namespace: root's
 //!   power over them never reaches the command, which PID 1 starts in a user
@@ -16,7 +17,6 @@
 use std::io::Write;
 use std::io::{Read, Seek, SeekFrom};
 
-use nix::fcntl::OFlag;
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -109,31 +109,15 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
         what: "mount, PID, IPC, UTS and cgroup",
         source,
     })?;
-    // PID 1 says on this pipe when it has left the host's filesystem
-    // (pivot_root), or closes it failing: from then on the host side may
-    // remove the run directory (PID 1's scratch mount point) while the
-    // sandbox runs, instead of after its mount namespace is torn down.
-    let pipe =
-        || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SandboxError::setup("create a pipe"));
-    let (pivoted_read, pivoted_write) = pipe()?;
-    // And we pass the host side's go on to PID 1 on this one (or close it:
-    // the command never runs).
-    let (go_read, go_write) = pipe()?;
     match sys::fork_single_threaded().map_err(SandboxError::setup("start PID 1"))? {
-        ForkResult::Child => {
-            drop((pivoted_read, go_write));
-            std::process::exit(init::run(handoff, pivoted_write, go_read))
-        }
+        // PID 1 talks to the host side itself, on our control connection:
+        // it says when it has left the host's filesystem and takes the go
+        // (a relay through us would cost a wake-up each way).
+        ForkResult::Child => std::process::exit(init::run(handoff, control)),
         ForkResult::Parent { child } => {
-            drop((pivoted_write, go_read));
-            // All that is left to us is passing the go on and waiting, in
-            // the sandbox's namespaces: with no privilege.
+            // All that is left to us is waiting, in the sandbox's
+            // namespaces: with no privilege.
             capabilities::become_sandbox_root_on_host(&handoff.ids)?;
-            let _ = std::fs::File::from(pivoted_read).read(&mut [0u8; 1]);
-            control.send(&Message::Started(child.as_raw().unsigned_abs()))?;
-            if matches!(control.recv(None), Ok(Some(Message::Go))) {
-                let _ = std::fs::File::from(go_write).write_all(b"g");
-            }
             let code = wait_for(child)?;
             // The host side may go on while we exit: our exit unmounts the
             // sandbox's mount namespace, which takes a while.

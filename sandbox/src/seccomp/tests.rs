@@ -324,6 +324,7 @@ fn pid_1_may_supervise_and_nothing_more() -> TestResult {
         ("wait4", libc::SYS_wait4),
         ("kill", libc::SYS_kill),
         ("read", libc::SYS_read),
+        ("recvmsg", libc::SYS_recvmsg),
         ("exit_group", libc::SYS_exit_group),
     ] {
         assert_eq!(at(nr, [0; 6])?, RET_ALLOW, "{name}");
