@@ -18,7 +18,7 @@ use tollgate_proxy::policy::Policy;
 use tollgate_sandbox::cgroup;
 use tollgate_sandbox::{Bind, NewFile, Output, Sandbox, Spec};
 
-use crate::enclave::{Enclave, Limits, Network, Stopped, Supervision};
+use crate::enclave::{Afterwards, Enclave, Limits, Network, Stopped, Supervision};
 use crate::error::RunError;
 use crate::events::{Event, EventSink};
 use crate::output::PhaseStream;
@@ -111,11 +111,14 @@ pub async fn run(plan: Plan, shared: &Shared) -> Result<(PhaseOutcome, Vec<Strin
         (shared.events)(Event::Warning(warning.clone()));
     }
     let ended = enclave
-        .supervise(Supervision::Stop {
-            timeout: plan.timeout,
-            cancel: shared.cancel.clone(),
-            grace: STOP_GRACE,
-        })
+        .supervise(
+            Supervision::Stop {
+                timeout: plan.timeout,
+                cancel: shared.cancel.clone(),
+                grace: STOP_GRACE,
+            },
+            Afterwards::Unmounted,
+        )
         .await?;
     let duration = started.elapsed();
     tokio::task::spawn_blocking(move || stream.finish())

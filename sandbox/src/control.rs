@@ -4,10 +4,10 @@
 //! The host side sends the sandbox's spec (a sealed memfd) and, once its
 //! proxy serves, the go for the command; the stage sends the proxy's
 //! listener it bound inside the sandbox's network namespace, may ask for
-//! subordinate id maps (rootless), and says how PID 1 exited. PID 1, which
-//! inherits the stage's end, says itself when it has left the host's
-//! filesystem and takes the go: a relay through the stage cost a wake-up
-//! each way (0.4 ms of every start).
+//! subordinate id maps (rootless), and says when PID 1 has exited. PID 1,
+//! which inherits the stage's end, says itself when it has left the host's
+//! filesystem, takes the go and says how the command ended: a relay
+//! through the stage cost a wake-up each way (0.4 ms of every start).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -45,8 +45,13 @@ pub(crate) enum Message {
     /// host -> PID 1: the proxy serves and the policy is loaded: the
     /// command may run.
     Go,
-    /// stage -> host: PID 1 exited with this status (in the shell's
-    /// convention), and with it every process of the sandbox.
+    /// PID 1 -> host: the command ended with this status (in the shell's
+    /// convention), and every other process of the sandbox is gone; PID 1
+    /// exits next. (Or, before [`Message::Started`]: PID 1 could not build
+    /// the sandbox.)
+    Ended(u32),
+    /// stage -> host: PID 1 exited with this status, and with it every
+    /// process of the sandbox; the stage exits next.
     Exited(u32),
     /// stage -> host: the sandbox could not be set up, and why.
     Failed(String),
@@ -58,6 +63,7 @@ const MAP_ME: u8 = b'M';
 const MAPPED: u8 = b'm';
 const NOT_MAPPED: u8 = b'x';
 const STARTED: u8 = b'P';
+const ENDED: u8 = b'D';
 const EXITED: u8 = b'E';
 const GO: u8 = b'G';
 const FAILED: u8 = b'F';
@@ -109,6 +115,7 @@ impl Control {
             Message::Mapped(true) => (MAPPED, 0, None, ""),
             Message::Mapped(false) => (NOT_MAPPED, 0, None, ""),
             Message::Started(pid) => (STARTED, *pid, None, ""),
+            Message::Ended(code) => (ENDED, *code, None, ""),
             Message::Exited(code) => (EXITED, *code, None, ""),
             Message::Go => (GO, 0, None, ""),
             Message::Failed(why) => (FAILED, 0, None, why.as_str()),
@@ -173,6 +180,7 @@ impl Control {
             MAPPED => Message::Mapped(true),
             NOT_MAPPED => Message::Mapped(false),
             STARTED => Message::Started(number),
+            ENDED => Message::Ended(number),
             EXITED => Message::Exited(number),
             GO => Message::Go,
             FAILED => Message::Failed(

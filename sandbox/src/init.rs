@@ -6,13 +6,14 @@
 //! init): every step that needs privilege happens before the step that
 //! drops it, and nothing reaches the command before its last one. The
 //! stage ([`crate::stage`]) has already made the network namespace (with
-//! the proxy's listener in it), joined the cgroups and made the mount, PID,
-//! IPC, UTS and cgroup namespaces we are PID 1 of.
+//! the proxy's listener in it) and made the mount, PID, IPC and UTS
+//! namespaces we are PID 1 of.
 
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use nix::sched::{unshare, CloneFlags};
 use nix::unistd::Pid;
 
 use crate::command::{self, Pending};
@@ -24,16 +25,24 @@ use crate::rootfs::{self, Idmap, Mounter};
 use crate::seccomp::Filters;
 use crate::spec::Handoff;
 use crate::stage::SETUP_FAILED;
-use crate::{capabilities, mounts, proc, split_root, sys, SandboxError};
+use crate::{capabilities, cgroup, mounts, proc, split_root, sys, SandboxError};
 
 /// Runs PID 1 to its end; its exit status is the command's (or
 /// [`SETUP_FAILED`] when the sandbox could not be built).
 /// On `control` (the stage's connection to the host side) it reports
 /// [`Message::Started`] once the root filesystem is in place and the
-/// host's is out of reach, and takes [`Message::Go`] before the command
-/// runs (the host side's proxy serves by then).
+/// host's is out of reach, takes [`Message::Go`] before the command
+/// runs (the host side's proxy serves by then), and reports
+/// [`Message::Ended`] last: the host side need not wait for our exit, nor
+/// for the stage's, to go on.
 pub(crate) fn run(handoff: Handoff, control: &Control) -> i32 {
-    match build_and_supervise(handoff, control) {
+    let code = ended_with(build_and_supervise(handoff, control));
+    let _ = control.send(&Message::Ended(code.unsigned_abs()));
+    code
+}
+
+fn ended_with(outcome: Result<i32, Ended>) -> i32 {
+    match outcome {
         Ok(code) => code,
         Err(Ended::Setup(error)) => {
             let _ = writeln!(std::io::stderr(), "tollgate: sandbox: {error}");
@@ -73,9 +82,17 @@ fn build_and_supervise(handoff: Handoff, control: &Control) -> Result<i32, Ended
     ))?;
     // 1. If the stage dies, so do we, and with PID 1 the whole namespace.
     //    Our pid as the host side knows it, read while the host's /proc is
-    //    still the one in view.
+    //    still the one in view. We join the sandbox's cgroups (every
+    //    process of the sandbox is born in them; the stage stays out, so
+    //    they can be removed as soon as we are gone) and make them the root
+    //    of a cgroup namespace of our own.
     die_with_parent()?;
     let host_pid = pid_on_host()?;
+    cgroup::join(&spec.cgroups).map_err(SandboxError::from)?;
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| SandboxError::Namespace {
+        what: "cgroup",
+        source,
+    })?;
     // 2. Mount propagation private, so no mount below leaks to the host.
     rootfs::make_mounts_private()?;
     // 3. A scratch tmpfs of this mount namespace for everything that

@@ -219,32 +219,57 @@ impl Sandbox {
         Init(self.init)
     }
 
-    /// Waits for the command's exit code: as soon as the stage reports it
-    /// (every process of the sandbox is gone by then), while the kernel
-    /// still tears the sandbox's namespaces down as the stage exits.
-    /// Dropping the [`Teardown`] waits for the rest.
+    /// Waits for the command's exit code: as soon as PID 1 reports it
+    /// (every other process of the sandbox is gone by then), while PID 1
+    /// and the stage exit. The [`Teardown`] waits for the rest.
     pub fn wait(mut self) -> Result<(SandboxExit, Teardown), SandboxError> {
         // While the command runs, off the start's path: what runs killed
         // with SIGKILL left behind.
         remove_stale_run_dirs();
         cgroup::cleanup_stale();
-        let code = match self.control.recv(None) {
-            Ok(Some(Message::Exited(code))) => i32::try_from(code).unwrap_or(1),
+        let (code, pid1_gone) = match self.control.recv(None) {
+            Ok(Some(Message::Ended(code))) => (code, false),
+            // PID 1 died before it could say (the stage reports it).
+            Ok(Some(Message::Exited(code))) => (code, true),
             // It failed (it said why on standard error) or was killed.
-            _ => self.stage.process.wait()?,
+            _ => (self.stage.process.wait()?.unsigned_abs(), true),
         };
         if let Some(terminal) = self.terminal.take() {
             terminal.finish();
         }
-        Ok((code, Teardown { _stage: self.stage }))
+        let teardown = Teardown {
+            stage: self.stage,
+            control: self.control,
+            pid1_gone,
+        };
+        Ok((i32::try_from(code).unwrap_or(1), teardown))
     }
 }
 
-/// A sandbox whose command has ended and whose stage is exiting (the
-/// kernel unmounts its mount namespace then). Dropping it waits for that
-/// and removes the run directory.
+/// A sandbox whose command has ended: PID 1 and the stage are exiting
+/// (the kernel unmounts the sandbox's mount namespace as the stage exits).
+/// Dropping it waits for both; [`Teardown::leave`] waits for neither.
 pub struct Teardown {
-    _stage: Stage,
+    stage: Stage,
+    control: Control,
+    pid1_gone: bool,
+}
+
+impl Teardown {
+    /// Waits until PID 1 has exited (the stage says so, or is gone): from
+    /// then on no process of the sandbox is left in its cgroups.
+    pub fn wait_for_pid1(&mut self) {
+        while !self.pid1_gone {
+            self.pid1_gone = !matches!(self.control.recv(None), Ok(Some(Message::Ended(_))));
+        }
+    }
+
+    /// For a caller that exits now: the stage finishes on its own (its
+    /// parent-death signal ends it at the latest), and the kernel goes on
+    /// unmounting the sandbox's mount namespace after we are gone.
+    pub fn leave(self) {
+        std::mem::forget(self.stage);
+    }
 }
 
 impl Starting {
@@ -332,7 +357,13 @@ fn follow_start(
                 return Ok((listener, sys::pid(pid)));
             }
             Some(Message::Failed(why)) => return Err(SandboxError::StageFailed(why)),
-            Some(Message::Mapped(_) | Message::Handoff(_) | Message::Exited(_) | Message::Go)
+            Some(
+                Message::Mapped(_)
+                | Message::Handoff(_)
+                | Message::Ended(_)
+                | Message::Exited(_)
+                | Message::Go,
+            )
             | None => {
                 return Err(SandboxError::Stage(stage.wait()?));
             }

@@ -31,7 +31,7 @@ use nix::unistd::ForkResult;
 use crate::control::{Control, Message};
 use crate::ids::IdMapping;
 use crate::spec::Handoff;
-use crate::{capabilities, cgroup, init, netlink, sys, SandboxError};
+use crate::{capabilities, init, netlink, sys, SandboxError};
 
 /// The hidden subcommand the host side runs for the stage.
 pub const STAGE_ARG: &str = "__sandbox";
@@ -91,8 +91,6 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
             "the host side and the stage disagree on the sandbox's ids".into(),
         ));
     }
-    // Every process of the sandbox is born in its cgroups.
-    cgroup::join(&handoff.spec.cgroups)?;
     let listener = TcpListener::bind(handoff.listen).map_err(SandboxError::io(format!(
         "bind the proxy on {} inside the sandbox",
         handoff.listen
@@ -102,11 +100,10 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWCGROUP,
+            | CloneFlags::CLONE_NEWUTS,
     )
     .map_err(|source| SandboxError::Namespace {
-        what: "mount, PID, IPC, UTS and cgroup",
+        what: "mount, PID, IPC and UTS",
         source,
     })?;
     match sys::fork_single_threaded().map_err(SandboxError::setup("start PID 1"))? {
@@ -119,9 +116,11 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
             // namespaces: with no privilege.
             capabilities::become_sandbox_root_on_host(&handoff.ids)?;
             let code = wait_for(child)?;
-            // The host side may go on while we exit: our exit unmounts the
-            // sandbox's mount namespace, which takes a while.
-            control.send(&Message::Exited(code.unsigned_abs()))?;
+            // PID 1 is gone: the host side may remove the cgroups, while we
+            // exit (which unmounts the sandbox's mount namespace, and takes
+            // a while). It may be gone itself by now: `exec` ends when PID 1
+            // reports, a run waits for us.
+            let _ = control.send(&Message::Exited(code.unsigned_abs()));
             Ok(code)
         }
     }

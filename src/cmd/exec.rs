@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tollgate_proxy::audit::{AuditLog, AuditTarget};
-use tollgate_run::enclave::{Enclave, HostSignals, Limits, Network, Supervision};
+use tollgate_run::enclave::{Afterwards, Enclave, HostSignals, Limits, Network, Supervision};
 use tollgate_run::state::StateDir;
 use tollgate_run::trust::load_ca;
 use tollgate_sandbox::cgroup;
@@ -70,7 +70,7 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
             say!("tollgate: warning: {warning}");
         }
         enclave
-            .supervise(Supervision::ForwardSignals(signals))
+            .supervise(Supervision::ForwardSignals(signals), Afterwards::Exit)
             .await
             .map_err(anyhow::Error::from)
     })?;

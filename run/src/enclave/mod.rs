@@ -72,6 +72,18 @@ pub enum Supervision {
     },
 }
 
+/// What [`Enclave::supervise`] waits for once the sandbox's processes
+/// are gone and its cgroups removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Afterwards {
+    /// Until the kernel has unmounted the sandbox's mount namespace: the
+    /// next phase of a run mounts the same directories again.
+    Unmounted,
+    /// Nothing: the caller exits now (`exec`); the kernel finishes
+    /// unmounting, as bubblewrap's callers leave it to.
+    Exit,
+}
+
 /// Why a supervised sandbox was stopped before its command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -192,9 +204,14 @@ impl Enclave {
     }
 
     /// Waits for the command's end as `how` says, then shuts the proxy
-    /// down (closing every connection of the sandbox) and flushes the
-    /// audit log.
-    pub async fn supervise(self, how: Supervision) -> Result<Ended, EnclaveError> {
+    /// down (closing every connection of the sandbox), flushes the audit
+    /// log and removes the cgroups; what it waits for after that is
+    /// `afterwards`'s to say.
+    pub async fn supervise(
+        self,
+        how: Supervision,
+        afterwards: Afterwards,
+    ) -> Result<Ended, EnclaveError> {
         let Enclave {
             sandbox,
             proxy,
@@ -211,22 +228,31 @@ impl Enclave {
                 grace,
             } => stop_when_asked(init, waiting, timeout, cancel, grace).await,
         };
-        // Every process of the sandbox is gone; the kernel may still be
-        // unmounting its namespace (`teardown`). The cgroups can go once the
-        // stage has left them (emptying and removing them may take a moment
-        // of retries): on another thread, while the proxy shuts down.
+        // Every process of the sandbox but PID 1 is gone; PID 1 and the
+        // stage are exiting (`teardown`). The cgroups can go once PID 1 has
+        // left them: on another thread, while the proxy shuts down.
         let (ended, teardown) = match ended {
             Ok((ended, teardown)) => (Ok(ended), Some(teardown)),
             Err(e) => (Err(e), None),
         };
         let oom_killed = cgroup.oom_killed();
         let removed = tokio::task::spawn_blocking(move || {
-            drop(teardown);
+            let mut teardown = teardown;
+            if let Some(teardown) = &mut teardown {
+                teardown.wait_for_pid1();
+            }
             drop(cgroup);
+            teardown
         });
         proxy.shutdown().await;
         proxy.audit().sync(Duration::from_secs(5));
-        removed.await.map_err(|_| EnclaveError::Waiter)?;
+        let teardown = removed.await.map_err(|_| EnclaveError::Waiter)?;
+        match (teardown, afterwards) {
+            (Some(teardown), Afterwards::Exit) => teardown.leave(),
+            (teardown, _) => tokio::task::spawn_blocking(move || drop(teardown))
+                .await
+                .map_err(|_| EnclaveError::Waiter)?,
+        }
         ended.map(|ended| Ended {
             oom_killed,
             ..ended

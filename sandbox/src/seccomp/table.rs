@@ -30,9 +30,9 @@ pub const FILE_IO: &[Syscall] = &[
 /// All PID 1 still calls once the sandbox is built, read from strace of
 /// PID 1 over normal exits, exits by signal, commands not found, forwarded
 /// SIGTERM and SIGINT, background processes and a terminal: report why the
-/// command did not start, take the host side's go (`recvmsg`, on the
-/// control connection), reap, forward signals (signal-hook's self-pipe),
-/// kill what is left, exit; and what Rust's runtime and allocator call on
+/// command did not start, take the host side's go and report the command's
+/// status (`recvmsg`, `sendmsg`, on the control connection), reap, forward
+/// signals (signal-hook's self-pipe), kill what is left, exit; and what Rust's runtime and allocator call on
 /// the way. (`ioctl` is allowed for TCGETS only: isatty.)
 #[rustfmt::skip]
 pub const PID1: &[Syscall] = &[
@@ -41,7 +41,7 @@ pub const PID1: &[Syscall] = &[
     ("newfstatat", libc::SYS_newfstatat), ("statx", libc::SYS_statx),
     ("fcntl", libc::SYS_fcntl), ("ppoll", libc::SYS_ppoll),
     ("recvfrom", libc::SYS_recvfrom), ("recvmsg", libc::SYS_recvmsg),
-    ("sendto", libc::SYS_sendto), ("wait4", libc::SYS_wait4), ("waitid", libc::SYS_waitid),
+    ("sendto", libc::SYS_sendto), ("sendmsg", libc::SYS_sendmsg), ("wait4", libc::SYS_wait4), ("waitid", libc::SYS_waitid),
     ("kill", libc::SYS_kill),
     ("rt_sigreturn", libc::SYS_rt_sigreturn), ("rt_sigaction", libc::SYS_rt_sigaction),
     ("rt_sigprocmask", libc::SYS_rt_sigprocmask), ("sigaltstack", libc::SYS_sigaltstack),

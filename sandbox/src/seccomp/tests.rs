@@ -325,6 +325,7 @@ fn pid_1_may_supervise_and_nothing_more() -> TestResult {
         ("kill", libc::SYS_kill),
         ("read", libc::SYS_read),
         ("recvmsg", libc::SYS_recvmsg),
+        ("sendmsg", libc::SYS_sendmsg),
         ("exit_group", libc::SYS_exit_group),
     ] {
         assert_eq!(at(nr, [0; 6])?, RET_ALLOW, "{name}");
