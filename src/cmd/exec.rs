@@ -75,8 +75,9 @@ pub fn run(args: ExecArgs, state: &StateDir) -> Result<ExitCode> {
             .map_err(anyhow::Error::from)
     })?;
     // The proxy is shut down and the audit log synced: nothing on the
-    // runtime is worth waiting for its threads to wind down.
-    runtime.shutdown_background();
+    // runtime is worth even dropping (0.2 ms of every exec); its threads
+    // end with the process, which ends now.
+    std::mem::forget(runtime);
     Ok(ExitCode::from(u8::try_from(ended.code).unwrap_or(1)))
 }
 
