@@ -38,8 +38,8 @@ TLS_HOSTS=${BENCH_TLS_HOSTS:-10000}      # distinct names for the memory test
 # cache = cache snapshots only (bench/cache.sh; not part of the default run)
 ONLY=${BENCH_ONLY:-}
 # sandbox start-up section (see README, "Sandbox start-up")
-SBX_RUNS=${BENCH_SANDBOX_RUNS:-200}      # hyperfine --runs per command
-SBX_WARMUP=${BENCH_SANDBOX_WARMUP:-20}   # hyperfine --warmup per command
+SBX_RUNS=${BENCH_SANDBOX_RUNS:-200}      # interleaved rounds measured
+SBX_WARMUP=${BENCH_SANDBOX_WARMUP:-20}   # interleaved rounds not measured
 SBX_TARGET=1.5                           # tollgate / bwrap start-up, at most (issue 11)
 
 HOST=127.0.0.1
@@ -174,17 +174,18 @@ install_peers() {
     # command -> Debian package(s), first one that exists wins
     local -A want=([nginx]="nginx-light nginx" [squid]=squid [tinyproxy]=tinyproxy
                    [wrk]=wrk [openssl]=openssl [curl]=curl [bwrap]=bubblewrap
-                   [hyperfine]=hyperfine [fallocate]=util-linux [unshare]=util-linux)
+                   [fallocate]=util-linux [unshare]=util-linux
+                   [python3]=python3)
     local cmd pkg cand need=() missing=() fresh=()
     want_proxy && need+=(nginx squid tinyproxy wrk openssl curl fallocate)
-    want_sandbox && need+=(bwrap hyperfine unshare)
+    want_sandbox && need+=(bwrap python3 unshare)
     for cmd in "${need[@]}"; do
         # squid/nginx/tinyproxy live in /usr/sbin, which a non-root PATH may lack
         have "$cmd" || [[ -x /usr/sbin/$cmd ]] || missing+=("$cmd")
     done
     export PATH="$PATH:/usr/sbin:/sbin"
     if ((${#missing[@]} == 0)); then log "peers and tools already installed"; return; fi
-    [[ $EUID == 0 ]] || die "missing: ${missing[*]}; run as root, or install them (apt-get install nginx-light squid tinyproxy wrk openssl curl bubblewrap hyperfine)"
+    [[ $EUID == 0 ]] || die "missing: ${missing[*]}; run as root, or install them (apt-get install nginx-light squid tinyproxy wrk openssl curl bubblewrap python3)"
     have apt-get || die "missing: ${missing[*]} and no apt-get; this script targets Debian 12"
     log "installing from Debian: missing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -907,9 +908,11 @@ measure_tls_memory() {
 }
 
 # ------------------------------------------------- measure_sandbox_startup --
-# Start-up of a sandbox around /bin/true, tollgate against bubblewrap, with
-# hyperfine (-N: no shell in between) in one invocation, so side by side:
-#   true      /bin/true itself: the floor (fork + exec + exit in hyperfine)
+# Start-up of a sandbox around /bin/true, tollgate against bubblewrap, in
+# interleaved rounds (bench/interleave.py: each round runs every command
+# once, no shell in between), so a machine whose speed drifts slows them
+# all alike:
+#   true      /bin/true itself: the floor (posix_spawn + exec + wait in the harness)
 #   unshare   new net, mount, PID, IPC and UTS namespaces, nothing else
 #   bwrap     bubblewrap with every namespace, / read-only, /dev and /proc
 #   tollgate  tollgate exec --policy off: the same namespaces, an overlay
@@ -924,7 +927,8 @@ declare -A SBX_LABEL=([true]="/bin/true" [unshare]="unshare (5 namespaces)"
 
 sbx_down() { SBX_DOWN=$1; log "sandbox start-up NOT MEASURED: $1"; }
 
-# sbx_field CSV NAME COLUMN -> that column of hyperfine's CSV row NAME, in ms
+# sbx_field CSV NAME COLUMN -> that column of interleave.py's CSV row NAME
+# (hyperfine's columns), in ms
 sbx_field() {
     awk -F, -v n="$2" -v c="$3" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
         $1 == n && (c in col) && $col[c] != "" { printf "%.3f", $col[c] * 1000 }' "$1"
@@ -934,15 +938,15 @@ measure_sandbox() {
     want_sandbox || return 0
     local d=$T/sandbox name out rc left args=() ok=()
     if [[ $EUID != 0 ]]; then sbx_down "needs root (tollgate exec and unshare do)"; return 0; fi
-    have hyperfine || { sbx_down "hyperfine not found"; return 0; }
+    have python3 || { sbx_down "python3 not found"; return 0; }
     mkdir -p "$d/state" "$d/tmp"
     SBX_CMD[true]=/bin/true
     SBX_CMD[unshare]="unshare --net --mount --pid --fork --ipc --uts /bin/true"
     SBX_CMD[bwrap]="bwrap --unshare-all --ro-bind / / --dev /dev --proc /proc /bin/true"
-    # hyperfine -N splits the command line like a shell: quote the path
+    # interleave.py splits the command line like a shell: quote the path
     SBX_CMD[tollgate]="$(printf '%q' "$TOLLGATE_BIN") exec --policy off -- /bin/true"
-    # each command once, untimed: it must exit 0 (hyperfine stops at the
-    # first failure), or it is left out with the reason
+    # each command once, untimed: it must exit 0 (interleave.py stops at
+    # the first failure), or it is left out with the reason
     for name in "${SBX_NAMES[@]}"; do
         if [[ $name == tollgate && -n ${DOWN[tollgate]:-} ]]; then
             SBX[fail/$name]=${DOWN[tollgate]}
@@ -961,7 +965,7 @@ measure_sandbox() {
             continue
         fi
         ok+=("$name")
-        args+=(-n "$name" "${SBX_CMD[$name]}")
+        args+=("$name" "${SBX_CMD[$name]}")
     done
     if ((${#ok[@]} == 0)); then sbx_down "no command ran (reasons in the notes)"; return 0; fi
     # its own sample: in a full run this section comes minutes after busy_check
@@ -970,30 +974,30 @@ measure_sandbox() {
     if [[ -n ${SBX[busy]} ]] && ((SBX[busy] > 20)); then
         warn "sandbox start-up: other work kept the CPUs ${SBX[busy]}% busy just before measuring; start-up times are unreliable, rerun on a quiet machine"
     fi
-    log "measuring sandbox start-up: hyperfine -N --warmup $SBX_WARMUP --runs $SBX_RUNS: ${ok[*]}"
-    if ! TOLLGATE_STATE_DIR=$d/state TMPDIR=$d/tmp hyperfine -N --style basic \
+    log "measuring sandbox start-up: $SBX_WARMUP + $SBX_RUNS interleaved rounds: ${ok[*]}"
+    if ! TOLLGATE_STATE_DIR=$d/state TMPDIR=$d/tmp python3 "$BENCH_DIR/interleave.py" \
         --warmup "$SBX_WARMUP" --runs "$SBX_RUNS" \
-        --export-json "$d/hyperfine.json" --export-csv "$d/hyperfine.csv" \
-        "${args[@]}" >"$d/hyperfine.txt" 2>&1 </dev/null; then
-        log_tail "$d/hyperfine.txt"
-        sbx_down "hyperfine failed (log above)"
+        --export-json "$d/runs.json" --export-csv "$d/runs.csv" \
+        "${args[@]}" >"$d/runs.txt" 2>&1 </dev/null; then
+        log_tail "$d/runs.txt"
+        sbx_down "interleave.py failed (log above)"
         return 0
     fi
     for name in "${ok[@]}"; do
-        SBX[mean/$name]=$(sbx_field "$d/hyperfine.csv" "$name" mean)
-        SBX[stddev/$name]=$(sbx_field "$d/hyperfine.csv" "$name" stddev)
-        SBX[median/$name]=$(sbx_field "$d/hyperfine.csv" "$name" median)
-        SBX[min/$name]=$(sbx_field "$d/hyperfine.csv" "$name" min)
-        SBX[max/$name]=$(sbx_field "$d/hyperfine.csv" "$name" max)
-        SBX[user/$name]=$(sbx_field "$d/hyperfine.csv" "$name" user)
-        SBX[system/$name]=$(sbx_field "$d/hyperfine.csv" "$name" system)
+        SBX[mean/$name]=$(sbx_field "$d/runs.csv" "$name" mean)
+        SBX[stddev/$name]=$(sbx_field "$d/runs.csv" "$name" stddev)
+        SBX[median/$name]=$(sbx_field "$d/runs.csv" "$name" median)
+        SBX[min/$name]=$(sbx_field "$d/runs.csv" "$name" min)
+        SBX[max/$name]=$(sbx_field "$d/runs.csv" "$name" max)
+        SBX[user/$name]=$(sbx_field "$d/runs.csv" "$name" user)
+        SBX[system/$name]=$(sbx_field "$d/runs.csv" "$name" system)
         log "  $name: ${SBX[mean/$name]:-?} ± ${SBX[stddev/$name]:-?} ms, median ${SBX[median/$name]:-?} ms"
     done
     SBX[ratio]=$(ratio "${SBX[median/tollgate]:-}" "${SBX[median/bwrap]:-}")
     SBX[ratio_mean]=$(ratio "${SBX[mean/tollgate]:-}" "${SBX[mean/bwrap]:-}")
     SBX[check]=$(check_max "${SBX[ratio]}" "$SBX_TARGET")
     mkdir -p "$BENCH_DIR/results"
-    cp "$d/hyperfine.json" "$BENCH_DIR/results/sandbox-hyperfine.json" && SBX[export]=bench/results/sandbox-hyperfine.json
+    cp "$d/runs.json" "$BENCH_DIR/results/sandbox-runs.json" && SBX[export]=bench/results/sandbox-runs.json
     # tollgate removes its run directory (spec, scratch mount point) on exit
     left=$(find "$d/tmp" -mindepth 1 -maxdepth 1 -name 'tollgate-run-*' | wc -l)
     ((left == 0)) || warn "sandbox start-up: $left tollgate run directories were left in $d/tmp"
@@ -1125,7 +1129,7 @@ report_proxy() {
 report_sandbox() {
     local name tw=30 base
     echo
-    echo "sandbox start-up (hyperfine -N, $SBX_WARMUP warm-up + $SBX_RUNS runs per command, as root; ms); CPU busy before: ${SBX[busy]:-?}%"
+    echo "sandbox start-up (interleaved rounds: $SBX_WARMUP warm-up + $SBX_RUNS measured, as root; ms); CPU busy before: ${SBX[busy]:-?}%"
     if [[ -n $SBX_DOWN ]]; then echo "  not measured: $SBX_DOWN"; return; fi
     printf "  %-${tw}s%20s%10s%10s%14s\n" "" "mean ± stddev" "median" "min" "median-true"
     for name in "${SBX_NAMES[@]}"; do
@@ -1289,13 +1293,13 @@ json_sandbox() {
     local name first=1
     printf '  "sandbox_startup": {\n'
     printf '    "measured": %s,\n' "$(if [[ -z $SBX_DOWN ]]; then printf true; else json_str "$SBX_DOWN"; fi)"
-    printf '    "tool": "hyperfine -N", "warmup": %s, "runs": %s, "unit": "ms", "cpu_busy_pct_before": %s,\n' \
+    printf '    "tool": "bench/interleave.py", "warmup": %s, "runs": %s, "unit": "ms", "cpu_busy_pct_before": %s,\n' \
         "$SBX_WARMUP" "$SBX_RUNS" "$(json_num "${SBX[busy]:-}")"
-    printf '    "versions": {"tollgate": %s, "bwrap": %s, "unshare": %s, "hyperfine": %s},\n' \
+    printf '    "versions": {"tollgate": %s, "bwrap": %s, "unshare": %s, "python3": %s},\n' \
         "$(json_str "$1")" \
         "$(json_str "$(bwrap --version 2>/dev/null | awk '{ print $NF }')")" \
         "$(json_str "$(unshare --version 2>/dev/null | awk '{ print $NF }')")" \
-        "$(json_str "$(hyperfine --version 2>/dev/null | awk '{ print $NF }')")"
+        "$(json_str "$(python3 --version 2>/dev/null | awk '{ print $NF }')")"
     printf '    "commands": {'
     for name in "${SBX_NAMES[@]}"; do
         ((first)) || printf ', '; first=0
@@ -1309,7 +1313,7 @@ json_sandbox() {
     printf '\n    },\n'
     printf '    "ratio_tollgate_to_bwrap": {"median": %s, "mean": %s, "max": %s, "result": "%s"},\n' \
         "$(json_num "${SBX[ratio]:-}")" "$(json_num "${SBX[ratio_mean]:-}")" "$SBX_TARGET" "${SBX[check]:-n/a}"
-    printf '    "hyperfine_export": %s\n' "$(if [[ -n ${SBX[export]:-} ]]; then json_str "${SBX[export]}"; else printf null; fi)"
+    printf '    "runs_export": %s\n' "$(if [[ -n ${SBX[export]:-} ]]; then json_str "${SBX[export]}"; else printf null; fi)"
     printf '  },\n'
 }
 
