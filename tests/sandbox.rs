@@ -1036,6 +1036,53 @@ sleep 5 & wait $!"#
     );
 }
 
+/// PID 1's pid as the host side knows it, also when tollgate runs in a
+/// PID namespace of its own whose /proc is still the outer one (`unshare
+/// -pf` without `--mount-proc`): a signal for the command must reach it,
+/// not whatever process has that number.
+#[test]
+fn signals_reach_the_command_when_tollgate_has_a_pid_namespace_but_not_its_proc() {
+    require_root!();
+    let dir = Scratch::new("nested-pid-ns");
+    owned_by_sandbox_root(&dir.0);
+    let bind = format!("{}:/out", dir.0.display());
+    let script =
+        "trap 'echo got > /out/got; exit 42' TERM\necho ready > /out/ready\nsleep 5 & wait $!";
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            BIN,
+            "exec",
+            "--policy",
+            "off",
+        ])
+        .args(["--bind", &bind, "--", "sh", "-c", script])
+        .env("TOLLGATE_STATE_DIR", NO_STATE)
+        .env("NO_COLOR", "1");
+    let running = start_exec(&mut command);
+    assert!(
+        eventually(Duration::from_secs(5), || dir.path("ready").exists()),
+        "the sandbox did not start"
+    );
+    let tollgate = children(running.pid())
+        .into_iter()
+        .next()
+        .expect("tollgate, unshare's child");
+    assert!(eventually(Duration::from_secs(3), || catches(tollgate, 15)));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(tollgate).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let reached = eventually(Duration::from_secs(3), || dir.path("got").exists());
+    let out = running.finish(EXEC_LIMIT);
+    assert!(reached, "SIGTERM never reached the command: {out:#?}");
+    assert_eq!(out.code, Some(42), "{out:#?}");
+}
+
 #[test]
 fn sigterm_to_tollgate_reaches_the_command() {
     require_root!();

@@ -4,7 +4,8 @@
 //! The host side sends the sandbox's spec (a sealed memfd) and, once its
 //! proxy serves, the go for the command; the stage sends the proxy's
 //! listener it bound inside the sandbox's network namespace, may ask for
-//! subordinate id maps (rootless), and says when PID 1 has exited. PID 1,
+//! subordinate id maps (rootless), and says which process PID 1 is and
+//! when it has exited. PID 1,
 //! which inherits the stage's end, says itself when it has left the host's
 //! filesystem, takes the go and says how the command ended: a relay
 //! through the stage cost a wake-up each way (0.4 ms of every start).
@@ -39,9 +40,12 @@ pub(crate) enum Message {
     MapMe(u32),
     /// host -> stage: the maps are written (or not: `false`).
     Mapped(bool),
-    /// PID 1 -> host: PID 1 is this process (in the host's PID namespace),
-    /// and it has left the host's filesystem.
-    Started(u32),
+    /// stage -> host: PID 1 is this process, as fork(2) named it in the
+    /// stage's PID namespace, which is the host side's (a pid PID 1 read
+    /// from /proc would be that procfs's, which need not be ours).
+    Pid1(u32),
+    /// PID 1 -> host: it has left the host's filesystem.
+    Started,
     /// host -> PID 1: the proxy serves and the policy is loaded: the
     /// command may run.
     Go,
@@ -62,6 +66,7 @@ const LISTENER: u8 = b'L';
 const MAP_ME: u8 = b'M';
 const MAPPED: u8 = b'm';
 const NOT_MAPPED: u8 = b'x';
+const PID1: u8 = b'1';
 const STARTED: u8 = b'P';
 const ENDED: u8 = b'D';
 const EXITED: u8 = b'E';
@@ -114,7 +119,8 @@ impl Control {
             Message::MapMe(pid) => (MAP_ME, *pid, None, ""),
             Message::Mapped(true) => (MAPPED, 0, None, ""),
             Message::Mapped(false) => (NOT_MAPPED, 0, None, ""),
-            Message::Started(pid) => (STARTED, *pid, None, ""),
+            Message::Pid1(pid) => (PID1, *pid, None, ""),
+            Message::Started => (STARTED, 0, None, ""),
             Message::Ended(code) => (ENDED, *code, None, ""),
             Message::Exited(code) => (EXITED, *code, None, ""),
             Message::Go => (GO, 0, None, ""),
@@ -179,7 +185,8 @@ impl Control {
             MAP_ME => Message::MapMe(number),
             MAPPED => Message::Mapped(true),
             NOT_MAPPED => Message::Mapped(false),
-            STARTED => Message::Started(number),
+            PID1 => Message::Pid1(number),
+            STARTED => Message::Started,
             ENDED => Message::Ended(number),
             EXITED => Message::Exited(number),
             GO => Message::Go,

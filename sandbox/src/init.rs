@@ -81,13 +81,11 @@ fn build_and_supervise(handoff: Handoff, control: &Control) -> Result<i32, Ended
         "mark inherited descriptors close-on-exec",
     ))?;
     // 1. If the stage dies, so do we, and with PID 1 the whole namespace.
-    //    Our pid as the host side knows it, read while the host's /proc is
-    //    still the one in view. We join the sandbox's cgroups (every
+    //    We join the sandbox's cgroups (every
     //    process of the sandbox is born in them; the stage stays out, so
     //    they can be removed as soon as we are gone) and make them the root
     //    of a cgroup namespace of our own.
     die_with_parent()?;
-    let host_pid = pid_on_host()?;
     cgroup::join(&spec.cgroups).map_err(SandboxError::from)?;
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| SandboxError::Namespace {
         what: "cgroup",
@@ -167,7 +165,7 @@ fn build_and_supervise(handoff: Handoff, control: &Control) -> Result<i32, Ended
     //    the files laid over the root (resolv.conf, the CA bundle, ...).
     let staged = mounter.stage_files(&spec.files)?;
     rootfs::pivot_into(&layers.root)?;
-    control.send(&Message::Started(host_pid))?;
+    control.send(&Message::Started)?;
     mounter.as_sandbox_root(|| rootfs::write_files(&spec.files, &staged))??;
     // 9. Own hostname (UTS namespace).
     nix::unistd::sethostname(&spec.hostname).map_err(SandboxError::setup("set hostname"))?;
@@ -230,16 +228,6 @@ fn start(pending: Pending) -> Result<Pid, Ended> {
 fn drop_privileges(ids: &IdMapping, filters: &Filters) -> Result<(), SandboxError> {
     capabilities::become_sandbox_root_on_host(ids)?;
     filters.install_for_pid1().map_err(SandboxError::from)
-}
-
-/// Our pid in the PID namespace of the host's /proc (which names us
-/// `self` there), before our own /proc is mounted over it.
-fn pid_on_host() -> Result<u32, SandboxError> {
-    let link = std::fs::read_link("/proc/self").map_err(SandboxError::io("read /proc/self"))?;
-    link.to_str()
-        .and_then(|pid| pid.parse().ok())
-        .ok_or(nix::errno::Errno::EINVAL)
-        .map_err(SandboxError::setup("read our pid from /proc/self"))
 }
 
 /// SIGKILL when the stage goes, and the PID namespace with us.

@@ -344,7 +344,12 @@ fn follow_start(
     ids: &IdMapping,
 ) -> Result<(TcpListener, Pid), SandboxError> {
     let mut listener = None;
+    let (mut pid1, mut started) = (None, false);
     loop {
+        if let (Some(pid), true) = (pid1, started) {
+            let listener = listener.ok_or(SandboxError::Thread("sent no listener"))?;
+            return Ok((listener, sys::pid(pid)));
+        }
         match control.recv(Some(stage))? {
             Some(Message::Listener(fd)) => listener = Some(TcpListener::from(fd)),
             Some(Message::MapMe(pid)) => {
@@ -352,10 +357,9 @@ fn follow_start(
                 control.send(&Message::Mapped(mapped.is_ok()))?;
                 mapped?;
             }
-            Some(Message::Started(pid)) => {
-                let listener = listener.ok_or(SandboxError::Thread("sent no listener"))?;
-                return Ok((listener, sys::pid(pid)));
-            }
+            // From the stage and from PID 1: either may come first.
+            Some(Message::Pid1(pid)) => pid1 = Some(pid),
+            Some(Message::Started) => started = true,
             Some(Message::Failed(why)) => return Err(SandboxError::StageFailed(why)),
             Some(
                 Message::Mapped(_)

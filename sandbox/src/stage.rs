@@ -112,6 +112,7 @@ fn run(control: &Control) -> Result<i32, SandboxError> {
         // (a relay through us would cost a wake-up each way).
         ForkResult::Child => std::process::exit(init::run(handoff, control)),
         ForkResult::Parent { child } => {
+            control.send(&Message::Pid1(child.as_raw().unsigned_abs()))?;
             // All that is left to us is waiting, in the sandbox's
             // namespaces: with no privilege.
             capabilities::become_sandbox_root_on_host(&handoff.ids)?;

@@ -262,10 +262,10 @@ impl PhaseCgroup {
         Ok((cgroup, report))
     }
 
-    /// The files the sandbox's stage writes "0" into to join (one per
-    /// hierarchy; see [`CgroupDir::join_file`]). The stage does that
-    /// itself, before it starts anything, so no process of the phase ever
-    /// runs outside.
+    /// The files the sandbox's PID 1 writes "0" into to join (one per
+    /// hierarchy; see [`CgroupDir::join_file`]). PID 1 does that itself,
+    /// before it starts anything, so no process of the phase ever runs
+    /// outside.
     pub fn join_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(CgroupDir::join_file).collect()
     }
@@ -355,10 +355,10 @@ impl Drop for PhaseCgroup {
 }
 
 /// Joins the cgroups: writes "0" to each of [`PhaseCgroup::join_files`]
-/// (the kernel reads 0 as "the writer"). Called by the sandbox's stage, a
+/// (the kernel reads 0 as "the writer"). Called by the sandbox's PID 1, a
 /// single-threaded process, before it starts anything, while the host's
 /// cgroup filesystem is still mounted in its view, so every process of the
-/// phase is born inside.
+/// phase is born inside (the stage, which only waits, stays out).
 pub fn join(files: &[PathBuf]) -> Result<(), CgroupError> {
     for path in files {
         write_file(path, "0").map_err(|source| CgroupError::Join {
