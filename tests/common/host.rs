@@ -126,9 +126,13 @@ pub fn files_containing(dir: &Path, needle: impl AsRef<[u8]>) -> Vec<PathBuf> {
             let entries = std::fs::read_dir(&path)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
             pending.extend(entries.map(|e| e.unwrap().path()));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                found.push(path);
+        } else if std::fs::metadata(&path).is_ok_and(|target| target.is_file()) {
+            // Only regular files hold bytes at rest; opening a FIFO someone
+            // left in the temp dir would block this scan for ever.
+            if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
             }
         }
     }
