@@ -459,7 +459,8 @@ impl Drop for RunDir {
 /// Removes the run directories of tollgate processes that no longer exist
 /// (a host side killed with SIGKILL cannot remove its own; the sandbox's
 /// writes were on its namespace's tmpfs and are gone, this is the empty
-/// scaffolding); how many.
+/// scaffolding), made at least [`crate::STALE_AFTER`] ago: a tollgate in
+/// another PID namespace looks dead from here while it starts; how many.
 pub fn remove_stale_run_dirs() -> usize {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return 0;
@@ -474,7 +475,14 @@ pub fn remove_stale_run_dirs() -> usize {
             .split('-')
             .next()
             .and_then(|pid| pid.parse::<u32>().ok());
+        let made_long_ago = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|made| made.elapsed().ok())
+            .is_some_and(|age| age >= crate::STALE_AFTER);
         if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            && made_long_ago
             && std::fs::remove_dir_all(entry.path()).is_ok()
         {
             removed += 1;

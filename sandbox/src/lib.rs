@@ -55,3 +55,9 @@ pub use launch::{
 pub use reaper::interrupts_come_from_a_terminal;
 pub use spec::{Bind, NewFile, Spec, DEFAULT_TMPFS_SIZE};
 pub use stage::enter_if_requested;
+
+/// How old a run directory or cgroup of a tollgate that looks gone must be
+/// before a sweep removes it. Start-up makes and uses both within
+/// milliseconds; a tollgate in another PID namespace looks gone from ours
+/// while it starts, and a minute leaves it ample time.
+pub(crate) const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);

@@ -30,6 +30,18 @@ pub(super) fn process_exists(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None) != Err(Errno::ESRCH)
 }
 
+/// Whether `path` was made long enough ago to be a leftover: a live
+/// tollgate's PID 1 joins its cgroups milliseconds after they are made,
+/// and a tollgate in another PID namespace (its pid means nothing in ours,
+/// so it looks dead from here) shares the hierarchy with us.
+pub(super) fn old_enough_to_be_stale(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
+        .and_then(|made| made.elapsed().ok())
+        .is_some_and(|age| age >= crate::STALE_AFTER)
+}
+
 pub(super) fn check_name(name: &str) -> Result<(), CgroupError> {
     let usable = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
     if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(usable) {

@@ -371,7 +371,8 @@ pub fn join(files: &[PathBuf]) -> Result<(), CgroupError> {
 
 /// Removes the empty phase cgroups (and v2 host leaves) that a tollgate
 /// killed before it could clean up left below our own cgroups. Only
-/// directories whose owning tollgate process is gone are touched, and
+/// directories whose owning tollgate process is gone, made at least
+/// [`crate::STALE_AFTER`] ago, are touched, and
 /// `rmdir` only ever removes an empty cgroup, so this is safe next to
 /// concurrent runs. Ones that still hold processes are logged, not killed:
 /// an owner pid from another PID namespace may merely look dead.
@@ -401,7 +402,7 @@ fn cleanup_stale_in(host: &Hierarchies) {
             let Some(owner) = name.to_str().and_then(owner_pid) else {
                 continue;
             };
-            if !process_exists(owner) {
+            if !process_exists(owner) && old_enough_to_be_stale(&entry.path()) {
                 remove_stale(&entry.path(), owner);
             }
         }

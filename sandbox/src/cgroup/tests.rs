@@ -487,7 +487,8 @@ fn v2_no_internal_process_rule_is_met_by_moving_into_a_leaf() {
     assert_eq!(leaves.len(), 1, "{leaves:?}");
     let leaf_name = leaves[0].file_name().unwrap().to_str().unwrap();
     assert!(leaf_name.starts_with("tollgate-host-"), "{leaf_name}");
-    // Its tollgate is gone: the empty leaf is stale.
+    // Its tollgate is gone: the empty leaf is stale (once it is old).
+    age(&leaves[0]);
     let tree = Hierarchies {
         v2: Some(alone.path().to_owned()),
         ..Hierarchies::default()
@@ -559,12 +560,19 @@ fn cleanup_stale_removes_only_dead_owners_dirs() {
     let stale = DirGuard(parent.join(format!("tollgate-{dead}-t-stale")));
     let stale_leaf = DirGuard(parent.join(format!("tollgate-host-{dead}")));
     let ours = DirGuard(parent.join(phase_dir_name("t-live")));
-    for dir in [&stale, &stale_leaf, &ours] {
+    // Just made, by an owner we may not see (a tollgate in another PID
+    // namespace looks dead from here) and not joined yet: kept.
+    let fresh = DirGuard(parent.join(format!("tollgate-{dead}-t-fresh")));
+    for dir in [&stale, &stale_leaf, &ours, &fresh] {
         fs::create_dir(&dir.0).unwrap();
+    }
+    for dir in [&stale, &stale_leaf, &ours] {
+        age(&dir.0);
     }
     cleanup_stale();
     assert!(!stale.0.exists() && !stale_leaf.0.exists());
     assert!(ours.0.is_dir(), "the cgroup of a live tollgate was removed");
+    assert!(fresh.0.is_dir(), "a cgroup made a moment ago was removed");
 }
 
 #[test]
@@ -739,4 +747,13 @@ fn owners_are_read_from_directory_names() {
     ] {
         assert_eq!(owner_pid(other), None, "{other}");
     }
+}
+
+/// Sets `dir`'s modification time two hours back: older than any
+/// cgroup a live tollgate has not joined yet.
+fn age(dir: &Path) {
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    fs::File::open(dir)
+        .and_then(|dir| dir.set_modified(two_hours_ago))
+        .unwrap();
 }
