@@ -1537,10 +1537,7 @@ fn run_directories_of_dead_tollgates_are_removed() {
     std::fs::create_dir_all(stale.join("scratch")).unwrap();
     std::fs::write(stale.join("spec.json"), "{}").unwrap();
     let _cleanup = RemoveOnDrop(stale.clone());
-    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
-    std::fs::File::open(&stale)
-        .and_then(|dir| dir.set_modified(two_hours_ago))
-        .unwrap();
+    age(&stale);
     // Just made: its owner may live in a PID namespace we cannot see into
     // (where its pid means nothing to us), and it is kept.
     let fresh = std::env::temp_dir().join("tollgate-run-999999998-0");
