@@ -81,10 +81,10 @@ fn build_and_supervise(handoff: Handoff, control: &Control) -> Result<i32, Ended
         "mark inherited descriptors close-on-exec",
     ))?;
     // 1. If the stage dies, so do we, and with PID 1 the whole namespace.
-    //    We join the sandbox's cgroups (every
-    //    process of the sandbox is born in them; the stage stays out, so
-    //    they can be removed as soon as we are gone) and make them the root
-    //    of a cgroup namespace of our own.
+    //    We join the sandbox's cgroups (every process of the sandbox is
+    //    born in them; the stage stays out, so they can be removed as soon
+    //    as we are gone) and make them the root of a cgroup namespace of
+    //    our own.
     die_with_parent()?;
     cgroup::join(&spec.cgroups).map_err(SandboxError::from)?;
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| SandboxError::Namespace {
