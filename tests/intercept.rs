@@ -173,21 +173,12 @@ fn a_malformed_request_inside_an_intercepted_tunnel_is_recorded() {
     let upstream = TlsUpstream::start(&["allowed.test"]);
     let proxy = intercepting_proxy(&ca, &upstream);
     let port = upstream.port();
-    let reply = block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let stream = connect_tunnel(&proxy, "allowed.test", port).await;
-        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
-        let mut tls = tls_connector(&ca.cert())
-            .connect(name, stream)
-            .await
-            .unwrap();
-        tls.write_all(b"GET /public/ HTTP/1.1\r\nBad Header\r\n\r\n")
-            .await
-            .unwrap();
-        let mut reply = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
-        String::from_utf8_lossy(&reply).into_owned()
-    });
+    let reply = raw_request_in_tunnel(
+        &proxy,
+        &ca,
+        port,
+        b"GET /public/ HTTP/1.1\r\nBad Header\r\n\r\n",
+    );
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     let record = proxy
         .audit_where(|r| r["kind"] == "mitm")
@@ -596,17 +587,40 @@ fn intercepting_proxy_with(ca: &Ca, upstream: &TlsUpstream, extra: &[&str]) -> P
 }
 
 /// Opens an intercepted tunnel to allowed.test:`port`, completes the TLS
+/// handshake as a client trusting `ca`, and returns the stream.
+async fn intercepted_tls(
+    proxy: &Proxy,
+    ca: &Ca,
+    port: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let stream = connect_tunnel(proxy, "allowed.test", port).await;
+    let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
+    tls_connector(&ca.cert())
+        .connect(name, stream)
+        .await
+        .unwrap()
+}
+
+/// Sends `request` as raw bytes inside an intercepted tunnel to
+/// allowed.test:`port`; what came back within 5 s.
+fn raw_request_in_tunnel(proxy: &Proxy, ca: &Ca, port: u16, request: &[u8]) -> String {
+    block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = intercepted_tls(proxy, ca, port).await;
+        let _ = tls.write_all(request).await;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
+        String::from_utf8_lossy(&reply).into_owned()
+    })
+}
+
+/// Opens an intercepted tunnel to allowed.test:`port`, completes the TLS
 /// handshake and sends nothing: how long until the proxy closes it
 /// (failing if it is still open after 5 s).
 fn closed_after_handshake(proxy: &Proxy, ca: &Ca, port: u16) -> Duration {
     block_on(async {
         use tokio::io::AsyncReadExt;
-        let stream = connect_tunnel(proxy, "allowed.test", port).await;
-        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
-        let mut tls = tls_connector(&ca.cert())
-            .connect(name, stream)
-            .await
-            .unwrap();
+        let mut tls = intercepted_tls(proxy, ca, port).await;
         let started = std::time::Instant::now();
         let mut buf = [0u8; 16];
         let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
@@ -706,22 +720,10 @@ fn oversized_headers_inside_an_intercepted_tunnel_are_refused() {
     let upstream = TlsUpstream::start(&["allowed.test"]);
     let proxy = intercepting_proxy(&ca, &upstream);
     let port = upstream.port();
-    let reply = block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let stream = connect_tunnel(&proxy, "allowed.test", port).await;
-        let name = rustls::pki_types::ServerName::try_from("allowed.test".to_owned()).unwrap();
-        let mut tls = tls_connector(&ca.cert())
-            .connect(name, stream)
-            .await
-            .unwrap();
-        let big = "a".repeat(100 * 1024);
-        let request =
-            format!("GET /public/ HTTP/1.1\r\nHost: allowed.test:{port}\r\nX-Big: {big}\r\n\r\n");
-        let _ = tls.write_all(request.as_bytes()).await;
-        let mut reply = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
-        String::from_utf8_lossy(&reply).into_owned()
-    });
+    let big = "a".repeat(100 * 1024);
+    let request =
+        format!("GET /public/ HTTP/1.1\r\nHost: allowed.test:{port}\r\nX-Big: {big}\r\n\r\n");
+    let reply = raw_request_in_tunnel(&proxy, &ca, port, request.as_bytes());
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
     assert_eq!(upstream.hits(), 0);
 }
